@@ -1,0 +1,162 @@
+"""Checkpoints: a directory with safetensors weights, a JSON config and their sha256.
+
+    CKPT/config.json                      the config; names the weights file and its sha256
+    CKPT/weights-<sha256[:16]>.safetensors
+
+``config.json`` is the commit point: the weights are written first under a name derived
+from their hash, then the config is replaced atomically (temp file + rename), then stale
+weight files are removed.  A crash at any moment leaves the previous or the new
+checkpoint, never a mix.  Nothing here ever unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "dp_autoencoder/1"
+CONFIG = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, tampered with, or not ours."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _save_tensors(directory: Path, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{prefix}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        digest = sha256_file(tmp)
+        name = f"{prefix}-{digest[:16]}.safetensors"
+        os.replace(tmp, directory / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"file": name, "sha256": digest}
+
+
+def save_checkpoint(directory, tensors: dict[str, torch.Tensor], config: dict,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write ``tensors`` (and optional named groups such as a training state) atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"weights": _save_tensors(directory, "weights", tensors)}
+    for name, group in (extra or {}).items():
+        files[name] = _save_tensors(directory, name, group)
+    atomic_write_json(directory / CONFIG, {**config, "format": FORMAT, "files": files})
+    keep = {f["file"] for f in files.values()}
+    for stale in directory.glob("*.safetensors"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+    return directory
+
+
+def _refuse_non_checkpoint(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is not a dp_autoencoder checkpoint: it has no {CONFIG}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80" or head == b"PK\x03\x04":
+        raise CheckpointError(
+            f"{path} looks like a pickle (torch.save) file; refusing to load it, since unpickling "
+            "can run arbitrary code. A checkpoint is a directory with config.json and safetensors weights."
+        )
+    raise CheckpointError(
+        f"{path} is a file, not a checkpoint directory (config.json + safetensors weights)"
+    )
+
+
+def read_config(directory) -> dict:
+    directory = Path(directory)
+    config_path = directory / CONFIG
+    if not config_path.is_file():
+        _refuse_non_checkpoint(directory)
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "files" not in config:
+        raise CheckpointError(f"{config_path} is not a {FORMAT} checkpoint config")
+    return config
+
+
+def load_tensors(directory, config: dict, group: str = "weights") -> dict[str, torch.Tensor]:
+    """Load one tensor group after checking its sha256 against the config."""
+    entry = config["files"].get(group)
+    if entry is None:
+        raise CheckpointError(f"checkpoint {directory} has no {group!r} tensors")
+    path = Path(directory) / entry["file"]
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise CheckpointError(
+            f"sha256 mismatch for {path}: config says {entry['sha256']}, file is {digest}; "
+            "the checkpoint is corrupt or was modified"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def load_checkpoint(directory) -> tuple[dict, dict[str, torch.Tensor]]:
+    config = read_config(directory)
+    return config, load_tensors(directory, config)
+
+
+# --- optimizer state as tensors + JSON (no pickle) ---------------------------------------
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

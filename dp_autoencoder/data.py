@@ -1,0 +1,229 @@
+"""Image sources: Fashion-MNIST (idx files), folders of images, and procedural dead leaves.
+
+Every dataset yields ``(image, label)`` with ``image`` a float tensor in [0, 1] of shape
+(C, H, W) and ``label`` an int (-1 when unknown).  A folder image that cannot be read
+yields ``None``; ``collate_skipping`` drops those and counts them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif"}
+
+
+class DataError(ValueError):
+    """Missing, empty or unreadable data."""
+
+
+# --- Fashion-MNIST ----------------------------------------------------------------------
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (optionally gzipped): magic 0x0000TTNN, NN dims, big-endian sizes."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte idx file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {body.size}")
+    return body.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        for candidate in (root / name, root / "FashionMNIST" / "raw" / name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def find_fashion_mnist(root: str | None = None, download: bool = False) -> Path:
+    """The folder holding the four idx files: ``root``, $DPAE_FASHION_MNIST, Debian's
+    dataset-fashion-mnist, or (with ``download``) torchvision's download into ``root``."""
+    candidates = [Path(p) for p in (root, os.environ.get("DPAE_FASHION_MNIST")) if p]
+    candidates += [Path(p) for p in FASHION_MNIST_DIRS]
+    for folder in candidates:
+        if all(_find_idx(folder, stem) for pair in FASHION_MNIST_FILES.values() for stem in pair):
+            return folder
+    if download:
+        from torchvision.datasets import FashionMNIST as TVFashionMNIST
+
+        target = Path(root or "data")
+        TVFashionMNIST(str(target), train=True, download=True)
+        TVFashionMNIST(str(target), train=False, download=True)
+        return target
+    raise DataError(
+        "Fashion-MNIST not found (looked in: " + ", ".join(str(c) for c in candidates) + "). "
+        "Install it offline with `apt-get install dataset-fashion-mnist`, point --data-root at a "
+        "folder with the idx files, or pass --download when online."
+    )
+
+
+class FashionMNIST(Dataset):
+    def __init__(self, split: str = "train", root: str | None = None, download: bool = False):
+        if split not in FASHION_MNIST_FILES:
+            raise DataError(f"split must be 'train' or 'test', got {split!r}")
+        folder = find_fashion_mnist(root, download)
+        images, labels = (read_idx(_find_idx(folder, stem)) for stem in FASHION_MNIST_FILES[split])
+        if len(images) != len(labels):
+            raise DataError(f"Fashion-MNIST {split}: {len(images)} images but {len(labels)} labels")
+        self.images = torch.from_numpy(images.copy())
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.classes = FASHION_MNIST_CLASSES
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i].unsqueeze(0).float().div_(255), int(self.labels[i])
+
+
+# --- folders of images ------------------------------------------------------------------
+def list_images(root: str | os.PathLike) -> list[Path]:
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}")
+    return files
+
+
+def load_image(path, image_size: int, channels: int) -> torch.Tensor:
+    """Open, convert to L or RGB, resize the shorter side to ``image_size``, center crop."""
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB")
+        w, h = im.size
+        scale = image_size / min(w, h)
+        im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))),
+                       Image.BICUBIC)
+        w, h = im.size
+        left, top = (w - image_size) // 2, (h - image_size) // 2
+        im = im.crop((left, top, left + image_size, top + image_size))
+        arr = np.asarray(im, dtype=np.uint8)
+    t = torch.from_numpy(arr.copy()).float().div_(255)
+    return t.unsqueeze(0) if channels == 1 else t.permute(2, 0, 1)
+
+
+class ImageFolder(Dataset):
+    """Every image under ``root`` (searched recursively), labels -1; corrupt files yield None."""
+
+    def __init__(self, root, image_size: int, channels: int = 3, files: list[Path] | None = None):
+        self.files = files if files is not None else list_images(root)
+        self.image_size, self.channels = image_size, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            return load_image(self.files[i], self.image_size, self.channels), -1
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            return None
+
+
+def collate_skipping(batch):
+    """Stack the readable samples; returns (images, labels, number skipped)."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return None, None, skipped
+    return torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), skipped
+
+
+# --- dead leaves ------------------------------------------------------------------------
+def dead_leaves(rng: np.random.Generator, size: int, channels: int, r_min: float = 0.015,
+                r_max: float = 0.4, max_disks: int = 20000) -> np.ndarray:
+    """One dead-leaves image (Lee, Mumford & Huang 2001): opaque disks with radii of density
+    ~ r^-3 on [r_min, r_max] (fractions of the image side), dropped front to back until every
+    pixel is covered.  Its power spectrum and edge statistics resemble natural images."""
+    out = np.zeros((size, size, channels), dtype=np.float32)
+    empty = np.ones((size, size), dtype=bool)
+    remaining = size * size
+    for _ in range(max_disks):
+        u = rng.random()
+        r = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5 * size  # inverse CDF of r^-3
+        cx, cy = rng.random(2) * (size + 2 * r) - r
+        color = rng.random(channels)
+        x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, size)
+        y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, size)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        hit = empty[y0:y1, x0:x1] & ((xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r)
+        out[y0:y1, x0:x1][hit] = color
+        empty[y0:y1, x0:x1] &= ~hit
+        remaining -= int(hit.sum())
+        if remaining == 0:
+            break
+    return out
+
+
+class DeadLeaves(Dataset):
+    """``length`` procedural images; image i depends only on (seed, i)."""
+
+    def __init__(self, length: int, image_size: int, channels: int = 3, seed: int = 0):
+        if length < 1:
+            raise DataError("dead-leaves needs at least one image")
+        self.length, self.image_size, self.channels, self.seed = length, image_size, channels, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, i])
+        img = dead_leaves(rng, self.image_size, self.channels)
+        return torch.from_numpy(img).permute(2, 0, 1).contiguous(), -1
+
+
+# --- what `dpae train --data X` means ---------------------------------------------------
+def training_data(data: str, image_size: int | None, channels: int | None, seed: int,
+                  data_root: str | None = None, download: bool = False, num_images: int = 20000,
+                  val_images: int = 1000) -> tuple[Dataset, Dataset, int, int]:
+    """(train, validation, channels, image size) for ``fashion-mnist``, ``dead-leaves`` or a folder."""
+    if data == "fashion-mnist":
+        if channels not in (None, 1) or image_size not in (None, 28):
+            raise DataError("Fashion-MNIST images are 28x28 grayscale (--channels 1, --image-size 28)")
+        val = FashionMNIST("test", data_root, download)
+        val = torch.utils.data.Subset(val, range(min(val_images, len(val))))
+        return FashionMNIST("train", data_root, download), val, 1, 28
+    channels = channels or 3
+    image_size = image_size or 64
+    if data == "dead-leaves":
+        # Disjoint seeds for validation: a different stream of images, not a held-out index range.
+        return (DeadLeaves(num_images, image_size, channels, seed),
+                DeadLeaves(val_images, image_size, channels, seed + 1_000_003), channels, image_size)
+    files = list_images(data)
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_val = min(val_images, len(files) // 10)
+    val_files = [files[i] for i in order[:n_val]]
+    train_files = [files[i] for i in order[n_val:]]
+    if not val_files:
+        val_files = train_files[:1]
+    return (ImageFolder(data, image_size, channels, train_files),
+            ImageFolder(data, image_size, channels, val_files), channels, image_size)
+
+
+def warn_skipped(skipped: int, total: int, what: str) -> None:
+    if skipped:
+        warnings.warn(f"skipped {skipped} of {total} {what} that could not be read", stacklevel=2)

@@ -1,0 +1,270 @@
+"""Training the noisy auto-encoder on reconstruction only (`dpae train`).
+
+Loss: ||AE(x; noise) - x||^2, the clean image reconstructed from the noisy pass.  After every
+optimizer step the pre-noise conv is constrained (projection onto Delta <= target by default,
+optionally the Parseval retraction), so the calibrated sigma keeps its meaning.
+
+Reproducibility: the data order of epoch e comes from a generator seeded by (seed, e) and the
+noise of epoch e on rank r from (seed, e, r), so a run resumed from the checkpoint of epoch e
+continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from .autoencoder import Architecture, NoiseConfig, PixelDPAutoencoder, load_autoencoder, preset, save_autoencoder
+from .checkpoint import load_tensors, optimizer_from_tensors, optimizer_to_tensors
+from .data import collate_skipping, training_data
+from .seeding import generator
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, no readable data, settings that contradict the checkpoint)."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    data: str
+    out: str
+    L: float = 0.1
+    noise: str = "gaussian"
+    eps: float = 1.0
+    delta: float = 0.05
+    arch: str = "small"
+    noise_placement: str = "latent"
+    image_size: int | None = None
+    channels: int | None = None
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    constraint: str = "project"
+    parseval_beta: float = 0.05
+    noise_warmup_steps: int = 0
+    steps_per_epoch: int | None = None
+    num_images: int = 20000
+    val_images: int = 1000
+    seed: int = 0
+    workers: int = 0
+    data_root: str | None = None
+    download: bool = False
+
+    # Settings that may differ between a run and its resumption.
+    RESUMABLE_CHANGES = ("out", "epochs", "workers", "download", "data_root")
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "num_images", "val_images"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise TrainingError(f"--lr must be > 0, got {self.lr}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise TrainingError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _init_distributed(device: torch.device) -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return True
+    return False
+
+
+def psnr(mse: float) -> float:
+    return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+
+
+@torch.no_grad()
+def evaluate_psnr(model: PixelDPAutoencoder, dataset, batch_size: int, device, seed: int,
+                  workers: int = 0) -> tuple[float, int]:
+    """Mean-squared error of AE(x; noise) against x over ``dataset`` -> (PSNR in dB, images)."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping)
+    noise_gen = generator(seed, "val", device=device)
+    total, count = 0.0, 0
+    for x, _, _ in loader:
+        if x is None:
+            continue
+        x = x.to(device)
+        z = model.pre_noise(x)
+        z = z + model.sample_noise(z.shape, noise_gen, device)
+        recon = model.post_noise(z, tuple(x.shape[-2:]))
+        total += F.mse_loss(recon, x, reduction="sum").item() / x[0].numel()
+        count += len(x)
+    model.train()
+    if count == 0:
+        raise TrainingError("no readable validation image")
+    return psnr(total / count), count
+
+
+def _settings_from_checkpoint(config: dict) -> dict:
+    return config.get("training", {}).get("settings", {})
+
+
+def train(settings: TrainSettings, resume: bool = False, device: str | None = None,
+          progress: bool = True) -> Path:
+    """Train and checkpoint every epoch into ``settings.out``; returns the checkpoint folder."""
+    settings.check()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    started_dist = _init_distributed(device)
+    rank, world = _rank_world()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    out = Path(settings.out)
+    try:
+        return _train(settings, resume, device, progress and rank == 0, out, rank, world)
+    finally:
+        if started_dist:
+            dist.destroy_process_group()
+
+
+def _train(settings, resume, device, progress, out, rank, world) -> Path:
+    has_checkpoint = (out / "config.json").exists()
+    if has_checkpoint and not resume:
+        raise TrainingError(f"{out} already holds a checkpoint; pass --resume to continue it, "
+                            "or choose another --out")
+    if resume and not has_checkpoint:
+        raise TrainingError(f"--resume: no checkpoint in {out} to resume from")
+
+    train_set, val_set, channels, image_size = training_data(
+        settings.data, settings.image_size, settings.channels, settings.seed, settings.data_root,
+        settings.download, settings.num_images, settings.val_images)
+    size = (image_size, image_size)
+
+    start_epoch, global_step = 0, 0
+    if resume:
+        model, config = load_autoencoder(out)
+        previous = _settings_from_checkpoint(config)
+        mine = {k: v for k, v in asdict(settings).items() if k not in TrainSettings.RESUMABLE_CHANGES}
+        changed = {k: (previous.get(k), v) for k, v in mine.items() if previous.get(k) != v}
+        if changed:
+            raise TrainingError("cannot resume with other settings: " + ", ".join(
+                f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
+        start_epoch = config["training"]["epochs_done"]
+        global_step = config["training"]["steps"]
+    else:
+        arch: Architecture = preset(settings.arch, channels, settings.noise_placement)
+        noise = NoiseConfig(settings.noise, settings.L, settings.eps, settings.delta)
+        torch.manual_seed(settings.seed)
+        model = PixelDPAutoencoder(arch, noise)
+        model.constrain_(size, settings.constraint, settings.parseval_beta)
+    if model.arch.in_channels != channels:
+        raise TrainingError(f"the data has {channels} channels but the model takes {model.arch.in_channels}")
+    model.to(device).train()
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if resume:
+        optimizer_from_tensors(optimizer, load_tensors(out, config, "optimizer"), config["training"]["optimizer"])
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    log_path = out / "train_log.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            log_path.unlink(missing_ok=True)
+    use_amp = device.type == "cuda"
+
+    for epoch in range(start_epoch, settings.epochs):
+        if world > 1:
+            sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=settings.seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(train_set, generator=generator(settings.seed, epoch, "order"))
+        loader = DataLoader(train_set, batch_size=settings.batch_size, sampler=sampler,
+                            num_workers=settings.workers, collate_fn=collate_skipping,
+                            drop_last=True, pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        steps = len(loader) if settings.steps_per_epoch is None else min(len(loader), settings.steps_per_epoch)
+        noise_gen = generator(settings.seed, epoch, rank, "noise", device=device)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress,
+                   dynamic_ncols=True)
+        t0, seen, skipped, loss_sum, batches = time.perf_counter(), 0, 0, 0.0, 0
+        for step, (x, _, bad) in enumerate(loader):
+            if step >= steps:
+                break
+            skipped += bad
+            if x is None:
+                continue
+            x = x.to(device, non_blocking=True)
+            multiplier = 1.0 if settings.noise_warmup_steps <= 0 else min(1.0, (global_step + 1) / settings.noise_warmup_steps)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                recon = net(x, noise_gen, multiplier)
+                loss = F.mse_loss(recon.float(), x)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopping. "
+                    f"The last good checkpoint in {out} is kept; try a lower --lr.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            model.constrain_(size, settings.constraint, settings.parseval_beta)
+            global_step += 1
+            seen += len(x)
+            loss_sum += loss.item()
+            batches += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr(loss.item()):.2f}")
+        bar.close()
+        if batches == 0:
+            raise TrainingError(f"no readable training image in epoch {epoch + 1} ({skipped} skipped)")
+        if skipped and rank == 0:
+            print(f"warning: skipped {skipped} unreadable images in epoch {epoch + 1}", flush=True)
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            val_psnr, _ = evaluate_psnr(model, val_set, settings.batch_size, device, settings.seed)
+            record = {
+                "epoch": epoch + 1, "steps": global_step, "train_loss": loss_sum / batches,
+                "train_psnr": psnr(loss_sum / batches), "val_psnr": val_psnr,
+                "sensitivity": model.sensitivity(size), "images_per_s": seen * world / seconds,
+                "seconds": seconds, "skipped": skipped,
+            }
+            opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+            save_autoencoder(model, out, size, extra_tensors={"optimizer": opt_tensors}, training={
+                "settings": asdict(settings), "epochs_done": epoch + 1, "steps": global_step,
+                "world_size": world, "optimizer": opt_meta, "val_psnr": val_psnr,
+            })
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if progress:
+                print(f"epoch {epoch + 1}: train PSNR {record['train_psnr']:.2f} dB, val PSNR {val_psnr:.2f} dB "
+                      f"(noisy), Delta {record['sensitivity']:.4f}, {record['images_per_s']:.0f} images/s",
+                      flush=True)
+        if world > 1:
+            dist.barrier()
+    return out
+
+
+def describe_checkpoint(directory) -> dict:
+    """What `dpae inspect` prints: config, Delta recomputed, noise, sha256 check."""
+    model, config = load_autoencoder(directory)
+    size = tuple(config["sensitivity"]["image_size"])
+    return {
+        "path": str(directory),
+        "architecture": config["architecture"],
+        "noise": config["noise"],
+        "image_size": config["image_size"],
+        "sensitivity_stored": config["sensitivity"]["value"],
+        "sensitivity_recomputed": model.sensitivity(size),
+        "sensitivity_method": config["sensitivity"]["method"],
+        "sha256_ok": True,
+        "training": {k: v for k, v in config.get("training", {}).items() if k != "optimizer"},
+    }
