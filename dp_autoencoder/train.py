@@ -177,10 +177,8 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     log_path = out / "train_log.jsonl"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            log_path.unlink(missing_ok=True)
+    if rank == 0 and not resume:
+        log_path.unlink(missing_ok=True)
     use_amp = device.type == "cuda"
 
     for epoch in range(start_epoch, settings.epochs):
