@@ -57,7 +57,7 @@ PRESETS = {
     # The paper's ImageNet auto-encoder: three stride-2 convs, 32/32/64 channels, kernels 10/8/5.
     "imagenet": dict(channels=(32, 32, 64), kernels=(10, 8, 5), strides=(2, 2, 2)),
     # A smaller one for 28x28 images (Fashion-MNIST).
-    "small": dict(channels=(32, 64), kernels=(4, 4), strides=(2, 2)),
+    "small": dict(channels=(32, 64, 128), kernels=(4, 4, 3), strides=(2, 2, 1)),
 }
 
 

@@ -6,6 +6,12 @@ import argparse
 import json
 import sys
 
+from .certify import CertifyError
+from .checkpoint import CheckpointError
+from .data import DataError
+from .mechanisms import CalibrationError
+from .train import TrainingError
+
 EXAMPLES = {
     "train": """examples:
   dpae train --data fashion-mnist --L 0.1 --epochs 1 --out runs/ae-fmnist-L0.1
@@ -15,6 +21,16 @@ EXAMPLES = {
   torchrun --nproc_per_node 4 -m dp_autoencoder.cli train --data /data/imagenet/train ...""",
     "inspect": """examples:
   dpae inspect runs/ae-fmnist-L0.1""",
+    "certify": """examples:
+  dpae certify --autoencoder runs/ae-fmnist-L0.1 --classifier pretrained/fmnist-classifier \\
+      --data fashion-mnist --n 300 --max 200 --out runs/cert-fmnist-L0.1
+  dpae certify ... --n 10000 --alpha 0.001 --skip 10 --out runs/cert    (rerun to resume)
+  torchrun --nproc_per_node 2 -m dp_autoencoder.cli certify ... --device cuda""",
+    "predict": """examples:
+  dpae predict --autoencoder runs/ae --classifier pretrained/fmnist-classifier --data fashion-mnist --max 100
+  dpae predict ... --n 25 --no-abstain          (the paper's 25-draw prediction)""",
+    "recompute": """examples:
+  dpae recompute runs/cert-fmnist-L0.1 --alpha 0.01 --eta 0.99 --out runs/cert-fmnist-L0.1-a01""",
 }
 
 
@@ -103,7 +119,180 @@ def _run_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"train": (_add_train, _run_train), "inspect": (_add_inspect, _run_inspect)}
+def _add_model_and_data(p) -> None:
+    p.add_argument("--autoencoder", required=True, help="PixelDP auto-encoder checkpoint folder")
+    p.add_argument("--classifier", required=True,
+                   help="classifier checkpoint folder, a timm model name, or efficientnet_lite0-offline")
+    p.add_argument("--classifier-weights", default=None, help="local weights for a timm classifier (.safetensors or a state dict)")
+    p.add_argument("--data", required=True, help="fashion-mnist (test split) or a folder of images")
+    p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
+    p.add_argument("--skip", type=int, default=1, help="certify every skip-th image")
+    p.add_argument("--max", type=int, default=None, help="at most this many images")
+    p.add_argument("--batch-size", type=int, default=256, help="noisy draws per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="noise of image i comes from (seed, i)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_certify(sub) -> None:
+    p = sub.add_parser("certify", help="certify images: randomized-smoothing radius and PixelDP robustness size",
+                       epilog=EXAMPLES["certify"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_and_data(p)
+    p.add_argument("--n0", type=int, default=100, help="draws that select the class (default 100)")
+    p.add_argument("--n", type=int, default=300, help="draws that estimate its probability (default 300, the paper's)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the smoothing bound")
+    p.add_argument("--eta", type=float, default=0.95, help="confidence of the PixelDP bounds")
+    p.add_argument("--out", required=True, help="output folder (rerun into it to resume)")
+
+
+def _load_stack(args):
+    import torch
+
+    from .autoencoder import load_autoencoder
+    from .classifiers import load_classifier
+    from .stack import DefendedClassifier
+
+    from .distributed import local_device
+
+    device = local_device(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    autoencoder, ae_config = load_autoencoder(args.autoencoder)
+    classifier = load_classifier(args.classifier, weights=args.classifier_weights)
+    try:
+        model = DefendedClassifier(autoencoder, classifier).to(device)
+    except ValueError as e:
+        raise CertifyError(str(e)) from None
+    with torch.no_grad():
+        c, h, w = classifier.prep.input_size
+        num_classes = classifier(torch.zeros(1, c, h, w, device=device)).shape[-1]
+    return model, ae_config, num_classes, device
+
+
+def _certify_data(args, ae_config):
+    from .data import FashionMNIST, ImageFolder
+
+    channels = ae_config["architecture"]["in_channels"]
+    if args.data == "fashion-mnist":
+        if channels != 1:
+            raise CertifyError(f"Fashion-MNIST is grayscale but the auto-encoder takes {channels} channels")
+        return FashionMNIST("test", args.data_root)
+    return ImageFolder(args.data, ae_config["image_size"][0], channels)
+
+
+def _run_certify(args) -> int:
+    from .certify import CertifySettings, certify_dataset
+    from .checkpoint import read_config
+
+    from .distributed import process_group
+
+    model, ae_config, num_classes, device = _load_stack(args)
+    dataset = _certify_data(args, ae_config)
+    settings = CertifySettings(
+        n0=args.n0, n=args.n, alpha=args.alpha, eta=args.eta, skip=args.skip, max=args.max,
+        batch_size=args.batch_size, seed=args.seed,
+        sources=(ae_config["files"]["weights"]["sha256"], args.classifier, args.data))
+    with process_group(device):
+        summary = certify_dataset(model, dataset, settings, args.out, num_classes, device,
+                                  progress=not args.quiet, workers=args.workers)
+    if summary:
+        print(format_summary(summary))
+        print(f"results: {args.out}/certify.tsv, certify.jsonl, summary.json")
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['images']} images; smoothed accuracy {summary['smoothed_accuracy']:.3f}, "
+             f"abstained {summary['abstention_rate']:.3f}; PixelDP accuracy {summary['pixeldp_accuracy']:.3f}",
+             "radius   certified acc. (smoothing)   certified acc. (PixelDP)"]
+    for t, acc in summary["certified_accuracy_smoothing"].items():
+        lines.append(f"{float(t):6.3f}   {acc:26.3f}   {summary['certified_accuracy_pixeldp'][t]:24.3f}")
+    return "\n".join(lines)
+
+
+def _add_recompute(sub) -> None:
+    p = sub.add_parser("recompute", help="new radii from a certify folder's JSONL at other confidence levels (no model run)",
+                       epilog=EXAMPLES["recompute"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a folder written by dpae certify")
+    p.add_argument("--alpha", type=float, default=None, help="new alpha for the smoothing bound")
+    p.add_argument("--eta", type=float, default=None, help="new eta for the PixelDP bounds")
+    p.add_argument("--out", required=True, help="new folder for the recomputed files (never the input)")
+
+
+def _run_recompute(args) -> int:
+    from pathlib import Path
+
+    from .certify import read_records, recompute_record, write_outputs
+
+    src, out = Path(args.run), Path(args.out)
+    records = read_records(src / "certify.jsonl")
+    if not records:
+        raise CertifyError(f"{src} holds no certify.jsonl records")
+    for name, value in (("alpha", args.alpha), ("eta", args.eta)):
+        if value is not None and not 0 < value < 1:
+            raise CertifyError(f"--{name} must be in (0, 1), got {value}")
+    if out.resolve() == src.resolve():
+        raise CertifyError("--out must be another folder: the original results are never overwritten")
+    if (out / "certify.jsonl").exists():
+        raise CertifyError(f"{out} already holds results; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    summary = write_outputs(out, [recompute_record(r, args.alpha, args.eta) for r in records])
+    print(format_summary(summary))
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="smoothed prediction with abstention (Cohen's PREDICT)",
+                       epilog=EXAMPLES["predict"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_and_data(p)
+    p.add_argument("--n", type=int, default=100, help="noise draws per image (the paper predicts with 25)")
+    p.add_argument("--alpha", type=float, default=0.001, help="abstain when the binomial test's p-value exceeds alpha")
+    p.add_argument("--no-abstain", action="store_true", help="plain argmax of the votes (the paper's prediction)")
+    p.add_argument("--out", default=None, help="write predict.tsv (idx label predict correct time) here")
+
+
+def _run_predict(args) -> int:
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from .certificates import smoothed_predict
+    from .certify import selected_indices
+    from .checkpoint import atomic_write_bytes
+    from .sampler import sample_votes
+
+    if args.n < 1 or not 0 < args.alpha < 1:
+        raise CertifyError("--n must be >= 1 and --alpha in (0, 1)")
+    model, ae_config, num_classes, device = _load_stack(args)
+    dataset = _certify_data(args, ae_config)
+    rows, correct = ["idx\tlabel\tpredict\tcorrect\ttime"], 0
+    indices = selected_indices(len(dataset), args.skip, args.max)
+    for i in indices:
+        t0 = time.perf_counter()
+        x, label = dataset[i]
+        x = x.unsqueeze(0).to(device)
+        if not torch.isfinite(x).all():
+            rows.append(f"{i}\t{label}\t-1\t0\t0.0\trefused: NaN or Inf pixels")
+            continue
+        with torch.inference_mode():
+            z = model.pre_noise(x)
+        counts = sample_votes(model, z, [i], args.n, num_classes, tuple(x.shape[-2:]), args.seed, "prediction",
+                              args.batch_size).counts[0].cpu().numpy()
+        pred = int(counts.argmax()) if args.no_abstain else int(smoothed_predict(counts, args.alpha))
+        correct += int(pred == label)
+        rows.append(f"{i}\t{label}\t{pred}\t{int(pred == label)}\t{time.perf_counter() - t0:.4f}")
+        if not args.quiet:
+            print(rows[-1], flush=True)
+    print(f"accuracy {correct / max(len(indices), 1):.4f} over {len(indices)} images")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(args.out) / "predict.tsv", ("\n".join(rows) + "\n").encode())
+    return 0
+
+
+COMMANDS = {"train": (_add_train, _run_train), "inspect": (_add_inspect, _run_inspect),
+            "certify": (_add_certify, _run_certify), "predict": (_add_predict, _run_predict),
+            "recompute": (_add_recompute, _run_recompute)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,15 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .mechanisms import CalibrationError
-    from .train import TrainingError
-
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
-    except (CheckpointError, DataError, CalibrationError, TrainingError) as e:
+    except (CheckpointError, DataError, CalibrationError, TrainingError, CertifyError) as e:
         print(f"dpae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,296 @@
+"""`dpae certify`: per-image PixelDP and randomized-smoothing certificates, resumable and sharded.
+
+Files in the output folder:
+  run.json        the settings; a rerun with other settings is refused
+  certify.jsonl   one object per image with every raw statistic (the source of truth)
+  certify.tsv     Cohen et al.'s columns `idx label predict radius correct time`, then extras
+  summary.json    certified accuracy by both bounds on a grid of radii, abstention, speed
+
+Resumption: certify.jsonl is appended and fsynced image by image; a partial last line (a kill
+mid-write) is dropped, the images already in the file are skipped, and the TSV and summary are
+rebuilt from the JSONL.  Under torchrun each rank writes its own part file and rank 0 merges.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from .certificates import pixeldp_certify, smoothed_certify
+from .checkpoint import atomic_write_bytes, atomic_write_json
+from .distributed import rank_world
+from .sampler import sample_votes
+
+TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time",
+               "pixeldp_predict", "pixeldp_size", "pixeldp_correct", "p_a_lower", "status")
+RADIUS_GRID = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
+TOP_COUNTS = 10
+
+
+class CertifyError(ValueError):
+    """Settings or an output folder that cannot be used."""
+
+
+@dataclass(frozen=True)
+class CertifySettings:
+    n0: int = 100
+    n: int = 300
+    alpha: float = 0.001
+    eta: float = 0.95
+    skip: int = 1
+    max: int | None = None
+    batch_size: int = 256
+    seed: int = 0
+    images_per_step: int = 8
+    sources: tuple = ()  # what was certified: (autoencoder sha, classifier sha, data), for the resume check
+
+    def check(self) -> None:
+        for name in ("n0", "n", "skip", "batch_size", "images_per_step"):
+            if getattr(self, name) < 1:
+                raise CertifyError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max is not None and self.max < 1:
+            raise CertifyError(f"--max must be >= 1, got {self.max}")
+        for name in ("alpha", "eta"):
+            if not 0 < getattr(self, name) < 1:
+                raise CertifyError(f"--{name} must be in (0, 1), got {getattr(self, name)}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["sources"] = [list(s) if isinstance(s, tuple) else s for s in self.sources]
+        return d
+
+
+def selected_indices(length: int, skip: int, max_images: int | None) -> list[int]:
+    """Cohen et al.'s protocol: every ``skip``-th image, at most ``max_images`` of them."""
+    idx = list(range(0, length, skip))
+    return idx[:max_images] if max_images is not None else idx
+
+
+# --- one image's certificates from its votes (also used by `dpae recompute`) ---------------
+def dense(counts: dict, num_classes: int) -> np.ndarray:
+    out = np.zeros(num_classes, dtype=np.int64)
+    for k, v in counts.items():
+        out[int(k)] = v
+    return out
+
+
+def certificates(selection_counts: np.ndarray, counts: np.ndarray, *, noise: str, scale: float,
+                 sensitivity: float, eps: float, delta: float, alpha: float, eta: float) -> dict:
+    smooth = smoothed_certify(selection_counts, counts, alpha, noise, scale, sensitivity)
+    pdp = pixeldp_certify(counts, eta, noise, scale, sensitivity, eps, delta)
+    return {
+        "predict": int(smooth.predict),
+        "radius": float(smooth.radius),
+        "p_a_lower": float(smooth.p_a_lower),
+        "pixeldp_predict": int(pdp.predict),
+        "pixeldp_size": float(pdp.size),
+        "pixeldp_p_lower": float(pdp.p_lower),
+        "pixeldp_p_upper": float(pdp.p_upper),
+        "pixeldp_certified_at_L": bool(pdp.certified_at_construction),
+    }
+
+
+def sparse(counts: np.ndarray) -> dict[str, int]:
+    """Non-zero counts by class id, most voted first (zeros carry no information for any bound)."""
+    order = np.argsort(-counts, kind="stable")
+    return {str(int(k)): int(counts[k]) for k in order if counts[k] > 0}
+
+
+def recompute_record(record: dict, alpha: float | None = None, eta: float | None = None) -> dict:
+    """The same record with new radii for other confidence levels (no model run)."""
+    if record.get("status", "ok") != "ok":
+        return record
+    alpha = record["alpha"] if alpha is None else alpha
+    eta = record["eta"] if eta is None else eta
+    k = record["num_classes"]
+    new = certificates(dense(record["selection_counts"], k), dense(record["counts"], k),
+                       noise=record["noise"], scale=record["scale"], sensitivity=record["sensitivity"],
+                       eps=record["eps"], delta=record["delta"], alpha=alpha, eta=eta)
+    out = {**record, **new, "alpha": alpha, "eta": eta}
+    return {**out, **correctness(out)}
+
+
+def correctness(record: dict) -> dict:
+    label = record["label"]
+    return {"correct": int(label >= 0 and record["predict"] == label),
+            "pixeldp_correct": int(label >= 0 and record["pixeldp_predict"] == label)}
+
+
+# --- files ----------------------------------------------------------------------------
+def read_records(path: Path, repair: bool = False) -> list[dict]:
+    """Complete JSON lines of ``path``; with ``repair`` a partial last line is cut off the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if repair and end != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+
+
+def tsv_row(r: dict) -> str:
+    return "\t".join([
+        str(r["idx"]), str(r["label"]), str(r["predict"]), f"{r['radius']:.4f}", str(r["correct"]),
+        f"{r['time']:.4f}", str(r["pixeldp_predict"]), f"{r['pixeldp_size']:.4f}", str(r["pixeldp_correct"]),
+        f"{r['p_a_lower']:.6f}", r["status"]])
+
+
+def certified_accuracy(records: list[dict], key: str, correct_key: str, radii=RADIUS_GRID) -> dict:
+    total = max(len(records), 1)
+    return {f"{t:g}": sum(1 for r in records if r[correct_key] and r[key] > 0 and r[key] >= t) / total
+            for t in radii}
+
+
+def summarize(records: list[dict], seconds: float | None = None) -> dict:
+    ok = [r for r in records if r["status"] == "ok"]
+    n = max(len(records), 1)
+    summary = {
+        "images": len(records),
+        "refused": len(records) - len(ok),
+        "labeled": sum(1 for r in records if r["label"] >= 0),
+        "smoothed_accuracy": sum(r["correct"] for r in records) / n,
+        "abstention_rate": sum(1 for r in ok if r["predict"] < 0) / n,
+        "pixeldp_accuracy": sum(r["pixeldp_correct"] for r in records) / n,
+        "certified_accuracy_smoothing": certified_accuracy(records, "radius", "correct"),
+        "certified_accuracy_pixeldp": certified_accuracy(records, "pixeldp_size", "pixeldp_correct"),
+        "mean_time_per_image_s": sum(r["time"] for r in records) / n,
+    }
+    if seconds:
+        summary["images_per_s_this_run"] = len(records) / seconds
+    return summary
+
+
+def write_outputs(out: Path, records: list[dict], seconds: float | None = None) -> dict:
+    records = sorted(records, key=lambda r: r["idx"])
+    atomic_write_bytes(out / "certify.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+    atomic_write_bytes(out / "certify.tsv", ("\t".join(TSV_COLUMNS) + "\n" + "".join(tsv_row(r) + "\n" for r in records)).encode())
+    summary = summarize(records, seconds)
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _prepare_out(out: Path, settings: CertifySettings, rank: int) -> None:
+    run_file = out / "run.json"
+    wanted = settings.to_json()
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        changed = {k: (previous.get(k), v) for k, v in wanted.items()
+                   if previous.get(k) != v and k not in ("batch_size", "images_per_step")}
+        if changed:
+            raise CertifyError(f"{out} holds a run with other settings (" + "; ".join(
+                f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items()) +
+                "); choose another --out to start a new run")
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_file, wanted)
+
+
+# --- the run --------------------------------------------------------------------------
+def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes: int,
+                    device="cpu", progress: bool = True, workers: int = 0,
+                    autocast_dtype: torch.dtype | None = None) -> dict:
+    """Certify the selected images of ``dataset`` into ``out``; returns the summary (rank 0)."""
+    settings.check()
+    out = Path(out)
+    rank, world = rank_world()
+    indices = selected_indices(len(dataset), settings.skip, settings.max)
+    if not indices:
+        raise CertifyError("the data holds no image to certify")
+    main_file = out / "certify.jsonl"
+    part = main_file if world == 1 else out / f"certify.part{rank}.jsonl"
+    if rank == 0:
+        _prepare_out(out, settings, rank)
+        for p in [main_file, *out.glob("certify.part*.jsonl")]:
+            read_records(p, repair=True)
+    if world > 1:
+        dist.barrier()
+        _prepare_out(out, settings, rank)
+    done = {r["idx"] for p in [main_file, *out.glob("certify.part*.jsonl")] for r in read_records(p)}
+    todo = [i for i in indices if i not in done][rank::world]
+
+    noise = model.noise
+    sensitivities: dict[tuple, float] = {}
+    loader = DataLoader(Subset(dataset, todo), batch_size=settings.images_per_step, num_workers=workers)
+    bar = tqdm(total=len(indices), initial=len(indices) - len([i for i in indices if i not in done]),
+               desc="certify", disable=not (progress and rank == 0), dynamic_ncols=True)
+    certified = {"n": 0, "smooth": 0, "pixeldp": 0}
+    t_run = time.perf_counter()
+    position = 0
+    with open(part, "a") as f:
+        for x, labels in loader:
+            ids = todo[position:position + len(x)]
+            position += len(x)
+            t0 = time.perf_counter()
+            x = x.to(device)
+            finite = torch.isfinite(x).flatten(1).all(1).cpu()
+            records = [None] * len(x)
+            good = [j for j in range(len(x)) if finite[j]]
+            if good:
+                xs = x[good]
+                size = tuple(xs.shape[-2:])
+                if size not in sensitivities:
+                    sensitivities[size] = model.sensitivity(size)
+                with torch.inference_mode():
+                    z = model.pre_noise(xs)
+                good_ids = [ids[j] for j in good]
+                common = dict(num_classes=num_classes, image_size=size, seed=settings.seed,
+                              batch_size=settings.batch_size, autocast_dtype=autocast_dtype)
+                sel = sample_votes(model, z, good_ids, settings.n0, purpose="selection", **common).counts.cpu().numpy()
+                est = sample_votes(model, z, good_ids, settings.n, purpose="estimation", **common).counts.cpu().numpy()
+            elapsed = (time.perf_counter() - t0) / len(x)
+            for j in range(len(x)):
+                base = {"idx": ids[j], "label": int(labels[j]), "n0": settings.n0, "n": settings.n,
+                        "num_classes": num_classes, "noise": noise.kind, "scale": noise.scale,
+                        "sigma" if noise.kind == "gaussian" else "b": noise.scale,
+                        "L": noise.L, "eps": noise.eps, "delta": noise.delta,
+                        "alpha": settings.alpha, "eta": settings.eta, "time": elapsed, "seed": settings.seed}
+                if j in good:
+                    g = good.index(j)
+                    stats = certificates(sel[g], est[g], noise=noise.kind, scale=noise.scale,
+                                         sensitivity=sensitivities[size], eps=noise.eps, delta=noise.delta,
+                                         alpha=settings.alpha, eta=settings.eta)
+                    rec = {**base, **stats, "status": "ok", "sensitivity": sensitivities[size],
+                           "counts": sparse(est[g]), "selection_counts": sparse(sel[g])}
+                else:
+                    rec = {**base, "status": "refused: the image has NaN or Inf pixels", "predict": -1,
+                           "radius": -1.0, "p_a_lower": 0.0, "pixeldp_predict": -1, "pixeldp_size": -1.0,
+                           "counts": {}, "selection_counts": {}, "sensitivity": None}
+                rec.update(correctness(rec))
+                records[j] = rec
+                certified["n"] += 1
+                certified["smooth"] += rec["correct"] and rec["radius"] > 0
+                certified["pixeldp"] += rec["pixeldp_correct"] and rec["pixeldp_size"] > 0
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(x) * world)
+            bar.set_postfix(cert_acc_smooth=f"{certified['smooth'] / certified['n']:.3f}",
+                            cert_acc_pixeldp=f"{certified['pixeldp'] / certified['n']:.3f}")
+    bar.close()
+    seconds = time.perf_counter() - t_run
+    if world > 1:
+        dist.barrier()
+    summary = None
+    if rank == 0:
+        records = {r["idx"]: r for r in read_records(main_file)}
+        parts = sorted(out.glob("certify.part*.jsonl"))
+        for p in parts:
+            records.update({r["idx"]: r for r in read_records(p)})
+        summary = write_outputs(out, [records[i] for i in indices if i in records],
+                                seconds if position else None)
+        for p in parts:
+            p.unlink()
+    if world > 1:
+        dist.barrier()
+    return summary
