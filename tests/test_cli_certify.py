@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import timm
+import torch
+
+from conftest import needs_fashion_mnist
+from dp_autoencoder.autoencoder import NoiseConfig, PixelDPAutoencoder, preset, save_autoencoder
+from dp_autoencoder.classifiers import save_classifier
+from dp_autoencoder.cli import main
+from dp_autoencoder.stack import Preprocessing
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    for channels in (1, 3):
+        ae = PixelDPAutoencoder(preset("small", channels), NoiseConfig("gaussian", 0.1, 1.0, 0.05))
+        ae.constrain_((28, 28))
+        save_autoencoder(ae, root / f"ae{channels}", (28, 28))
+    clf = timm.create_model("resnet10t", pretrained=False, num_classes=10, in_chans=1)
+    save_classifier(clf, root / "clf", "resnet10t", {"num_classes": 10, "in_chans": 1},
+                    Preprocessing(input_size=(1, 28, 28), mean=(0.286,), std=(0.353,)), [str(i) for i in range(10)])
+    return root
+
+
+def dpae(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@needs_fashion_mnist
+def test_certify_resume_recompute_predict(models, tmp_path, capsys):
+    base = ["certify", "--autoencoder", models / "ae1", "--classifier", models / "clf", "--data", "fashion-mnist",
+            "--n0", 10, "--n", 30, "--max", 3, "--batch-size", 16, "--quiet"]
+    assert dpae(*base, "--out", tmp_path / "c") == 0
+    assert "certified acc." in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "c" / "certify.jsonl").read_text().splitlines()]
+    assert [r["idx"] for r in records] == [0, 1, 2]
+    before = (tmp_path / "c" / "certify.jsonl").read_bytes()
+    assert dpae(*base, "--out", tmp_path / "c") == 0  # resumes: nothing left to do
+    assert (tmp_path / "c" / "certify.jsonl").read_bytes() == before
+    assert dpae(*base[:-3], "--n", 31, "--quiet", "--out", tmp_path / "c") == 2
+    assert "other settings" in capsys.readouterr().err
+    assert dpae("recompute", tmp_path / "c", "--alpha", 0.2, "--out", tmp_path / "r") == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["images"] == 3
+    assert dpae("recompute", tmp_path / "c", "--out", tmp_path / "c") == 2
+    assert dpae("predict", "--autoencoder", models / "ae1", "--classifier", models / "clf", "--data", "fashion-mnist",
+                "--n", 20, "--max", 2, "--out", tmp_path / "p") == 0
+    assert len((tmp_path / "p" / "predict.tsv").read_text().splitlines()) == 3
+
+
+def test_certify_refuses_models_that_cannot_be_joined(models, tmp_path, capsys):
+    assert dpae("certify", "--autoencoder", models / "ae3", "--classifier", models / "clf", "--data", "fashion-mnist",
+                "--out", tmp_path / "c") == 2
+    assert "cannot stack" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("args, words", [(["--n", 0], "--n must be"), (["--alpha", 1.5], "--alpha must be"),
+                                         (["--eta", 0], "--eta must be"), (["--n0", 0], "--n0 must be")])
+@needs_fashion_mnist
+def test_certify_bad_numbers(models, tmp_path, capsys, args, words):
+    assert dpae("certify", "--autoencoder", models / "ae1", "--classifier", models / "clf", "--data", "fashion-mnist",
+                *args, "--out", tmp_path / "c") == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
