@@ -122,7 +122,7 @@ def _run_inspect(args) -> int:
 def _add_model_and_data(p) -> None:
     p.add_argument("--autoencoder", required=True, help="PixelDP auto-encoder checkpoint folder")
     p.add_argument("--classifier", required=True,
-                   help="classifier checkpoint folder, a timm model name, or efficientnet_lite0-offline")
+                   help="classifier checkpoint folder, or a timm model name (hub weights unless --classifier-weights)")
     p.add_argument("--classifier-weights", default=None, help="local weights for a timm classifier (.safetensors or a state dict)")
     p.add_argument("--data", required=True, help="fashion-mnist (test split) or a folder of images")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
@@ -168,6 +168,18 @@ def _load_stack(args):
     return model, ae_config, num_classes, device
 
 
+def _classifier_identity(args) -> str:
+    """What must not change between a run and its resumption: the weights, not the path spelling."""
+    from pathlib import Path
+
+    from .checkpoint import read_config, sha256_file
+
+    if (Path(args.classifier) / "config.json").is_file():
+        return read_config(args.classifier)["files"]["weights"]["sha256"]
+    weights = sha256_file(args.classifier_weights) if args.classifier_weights else "hub"
+    return f"{args.classifier}:{weights}"
+
+
 def _certify_data(args, ae_config):
     from .data import FashionMNIST, ImageFolder
 
@@ -181,7 +193,6 @@ def _certify_data(args, ae_config):
 
 def _run_certify(args) -> int:
     from .certify import CertifySettings, certify_dataset
-    from .checkpoint import read_config
 
     from .distributed import process_group
 
@@ -190,7 +201,7 @@ def _run_certify(args) -> int:
     settings = CertifySettings(
         n0=args.n0, n=args.n, alpha=args.alpha, eta=args.eta, skip=args.skip, max=args.max,
         batch_size=args.batch_size, seed=args.seed,
-        sources=(ae_config["files"]["weights"]["sha256"], args.classifier, args.data))
+        sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(args), args.data))
     with process_group(device):
         summary = certify_dataset(model, dataset, settings, args.out, num_classes, device,
                                   progress=not args.quiet, workers=args.workers)
