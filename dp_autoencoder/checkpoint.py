@@ -45,6 +45,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints and results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,6 +62,7 @@ def _save_tensors(directory: Path, prefix: str, tensors: dict[str, torch.Tensor]
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
         digest = sha256_file(tmp)
+        os.chmod(tmp, 0o644)
         name = f"{prefix}-{digest[:16]}.safetensors"
         os.replace(tmp, directory / name)
     except BaseException:

