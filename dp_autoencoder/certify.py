@@ -32,7 +32,7 @@ from .distributed import rank_world
 from .sampler import sample_votes
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time",
-               "pixeldp_predict", "pixeldp_size", "pixeldp_correct", "p_a_lower", "status")
+               "pixeldp_predict", "pixeldp_size", "pixeldp_correct", "p_a_lower", "undefended_predict", "status")
 RADIUS_GRID = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
 TOP_COUNTS = 10
 
@@ -143,7 +143,7 @@ def tsv_row(r: dict) -> str:
     return "\t".join([
         str(r["idx"]), str(r["label"]), str(r["predict"]), f"{r['radius']:.4f}", str(r["correct"]),
         f"{r['time']:.4f}", str(r["pixeldp_predict"]), f"{r['pixeldp_size']:.4f}", str(r["pixeldp_correct"]),
-        f"{r['p_a_lower']:.6f}", r["status"]])
+        f"{r['p_a_lower']:.6f}", str(r["undefended_predict"]), r["status"]])
 
 
 def certified_accuracy(records: list[dict], key: str, correct_key: str, radii=RADIUS_GRID) -> dict:
@@ -162,6 +162,10 @@ def summarize(records: list[dict], seconds: float | None = None) -> dict:
         "smoothed_accuracy": sum(r["correct"] for r in records) / n,
         "abstention_rate": sum(1 for r in ok if r["predict"] < 0) / n,
         "pixeldp_accuracy": sum(r["pixeldp_correct"] for r in records) / n,
+        "undefended_accuracy": sum(r["label"] >= 0 and r["undefended_predict"] == r["label"] for r in records) / n,
+        # For unlabeled images: how often the defended prediction is the undefended classifier's.
+        "agreement_smoothed": sum(r["predict"] == r["undefended_predict"] for r in ok) / n,
+        "agreement_pixeldp": sum(r["pixeldp_predict"] == r["undefended_predict"] for r in ok) / n,
         "certified_accuracy_smoothing": certified_accuracy(records, "radius", "correct"),
         "certified_accuracy_pixeldp": certified_accuracy(records, "pixeldp_size", "pixeldp_correct"),
         "mean_time_per_image_s": sum(r["time"] for r in records) / n,
@@ -243,6 +247,7 @@ def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes:
                     sensitivities[size] = model.sensitivity(size)
                 with torch.inference_mode():
                     z = model.pre_noise(xs)
+                    undefended = model.classifier(xs).argmax(1).tolist()
                 good_ids = [ids[j] for j in good]
                 common = dict(num_classes=num_classes, image_size=size, seed=settings.seed,
                               batch_size=settings.batch_size, autocast_dtype=autocast_dtype)
@@ -261,11 +266,12 @@ def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes:
                                          sensitivity=sensitivities[size], eps=noise.eps, delta=noise.delta,
                                          alpha=settings.alpha, eta=settings.eta)
                     rec = {**base, **stats, "status": "ok", "sensitivity": sensitivities[size],
+                           "undefended_predict": undefended[g],
                            "counts": sparse(est[g]), "selection_counts": sparse(sel[g])}
                 else:
                     rec = {**base, "status": "refused: the image has NaN or Inf pixels", "predict": -1,
                            "radius": -1.0, "p_a_lower": 0.0, "pixeldp_predict": -1, "pixeldp_size": -1.0,
-                           "counts": {}, "selection_counts": {}, "sensitivity": None}
+                           "counts": {}, "selection_counts": {}, "sensitivity": None, "undefended_predict": -1}
                 rec.update(correctness(rec))
                 records[j] = rec
                 certified["n"] += 1

