@@ -15,6 +15,7 @@ raises ``ValueError`` naming the bad value.
 from __future__ import annotations
 
 import numpy as np
+from scipy import special as _sp
 from scipy import stats as _st
 
 __all__ = [
@@ -79,7 +80,7 @@ def _check_n(n, minimum: int = 1) -> np.ndarray:
 def clopper_pearson_lower(k, n, alpha):
     """One-sided (1 - alpha) lower bound on a binomial p from k successes in n trials.
 
-    ``Beta.ppf(alpha; k, n - k + 1)``, and 0 when k = 0.  Valid because
+    ``Beta.ppf(alpha; k, n - k + 1)`` (computed as ``scipy.special.betaincinv``), and 0 when k = 0.  Valid because
     P_p(K >= k) = Beta.cdf(p; k, n - k + 1), so p_lower(K) > p only when the observed
     K lies in the upper tail of Binomial(n, p) of mass <= alpha.
     """
@@ -87,7 +88,7 @@ def clopper_pearson_lower(k, n, alpha):
     k, n = _check_counts(k, n)
     k, n, a = np.broadcast_arrays(k, n, a)
     safe_k = np.where(k > 0, k, 1.0)
-    lo = np.where(k > 0, _st.beta.ppf(a, safe_k, n - k + 1), 0.0)
+    lo = np.where(k > 0, _sp.betaincinv(safe_k, n - k + 1, a), 0.0)
     return _out(lo)
 
 
@@ -100,7 +101,7 @@ def clopper_pearson_upper(k, n, alpha):
     k, n = _check_counts(k, n)
     k, n, a = np.broadcast_arrays(k, n, a)
     safe_b = np.where(k < n, n - k, 1.0)
-    up = np.where(k < n, _st.beta.ppf(1 - a, k + 1, safe_b), 1.0)
+    up = np.where(k < n, _sp.betaincinv(k + 1, safe_b, 1 - a), 1.0)
     return _out(up)
 
 
@@ -211,4 +212,7 @@ def binomial_test_pvalue(n_a, n_b):
     a, b = np.broadcast_arrays(a, b)
     if a.ndim == 0:
         return _binomtest_scalar(a, b)
-    return np.vectorize(_binomtest_scalar, otypes=[float])(a, b)
+    # binomtest is scalar: evaluate each distinct (n_a, n_b) pair once
+    pairs, inverse = np.unique(np.stack([a.ravel(), b.ravel()], axis=1), axis=0, return_inverse=True)
+    values = np.array([_binomtest_scalar(x, y) for x, y in pairs])
+    return values[inverse.ravel()].reshape(a.shape)
