@@ -104,11 +104,28 @@ def _refuse_non_checkpoint(path: Path) -> None:
     )
 
 
+def check_manifest(directory: Path) -> None:
+    """Shipped checkpoints (pretrained/) are listed in a SHA256SUMS beside them: check ours."""
+    manifest = directory.parent / "SHA256SUMS"
+    if not manifest.is_file():
+        return
+    listed = {}
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(None, 1)
+            listed[name.strip()] = digest
+    name = f"{directory.name}/{CONFIG}"  # the config holds the weights' sha256 in turn
+    if name in listed and sha256_file(directory / CONFIG) != listed[name]:
+        raise CheckpointError(f"{directory / CONFIG} does not match its sha256 in {manifest}; "
+                              "the shipped checkpoint was modified")
+
+
 def read_config(directory) -> dict:
     directory = Path(directory)
     config_path = directory / CONFIG
     if not config_path.is_file():
         _refuse_non_checkpoint(directory)
+    check_manifest(directory)
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -82,3 +82,15 @@ def test_missing_and_foreign_checkpoints(tmp_path):
     save_checkpoint(tmp_path / "c", {"w": torch.zeros(1)}, {"kind": "something-else"})
     with pytest.raises(CheckpointError, match="not a pixeldp-autoencoder"):
         load_autoencoder(tmp_path / "c")
+
+
+def test_a_manifest_beside_checkpoints_is_checked(ae, tmp_path):
+    from dp_autoencoder.checkpoint import sha256_file
+
+    save_autoencoder(ae, tmp_path / "shipped", (28, 28))
+    config = tmp_path / "shipped" / "config.json"
+    (tmp_path / "SHA256SUMS").write_text(f"{sha256_file(config)}  shipped/config.json\n")
+    load_autoencoder(tmp_path / "shipped")
+    config.write_text(config.read_text().replace('"L": 0.3', '"L": 0.30000000001'))
+    with pytest.raises(CheckpointError, match="SHA256SUMS"):
+        load_autoencoder(tmp_path / "shipped")
