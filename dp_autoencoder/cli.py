@@ -180,16 +180,10 @@ def _load_stack(args):
     return model, ae_config, num_classes, device
 
 
-def _classifier_identity(args) -> str:
+def _classifier_identity(model) -> str:
     """What must not change between a run and its resumption: the weights, not the path spelling."""
-    from pathlib import Path
-
-    from .checkpoint import read_config, sha256_file
-
-    if (Path(args.classifier) / "config.json").is_file():
-        return read_config(args.classifier)["files"]["weights"]["sha256"]
-    weights = sha256_file(args.classifier_weights) if args.classifier_weights else "hub"
-    return f"{args.classifier}:{weights}"
+    classifier = model.classifier
+    return f"{classifier.spec}:{classifier.weights_sha256 or 'hub'}"
 
 
 def _certify_data(args, ae_config, classifier):
@@ -222,7 +216,7 @@ def _run_certify(args) -> int:
         n0=args.n0 if args.n0 is not None else (20 if quick else 100),
         n=args.n if args.n is not None else (100 if quick else 300), alpha=args.alpha, eta=args.eta, skip=args.skip, max=args.max,
         batch_size=args.batch_size, seed=args.seed,
-        sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(args), args.data))
+        sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(model), args.data))
     with process_group(device):
         summary = certify_dataset(model, dataset, settings, args.out, num_classes, device,
                                   progress=not args.quiet, workers=args.workers)

