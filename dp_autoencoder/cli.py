@@ -250,8 +250,11 @@ def format_table(out, dataset, classifier) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{summary['images']} images; smoothed accuracy {summary['smoothed_accuracy']:.3f}, "
+    lines = [f"{summary['images']} images ({summary['labeled']} labeled); undefended accuracy "
+             f"{summary['undefended_accuracy']:.3f}; smoothed accuracy {summary['smoothed_accuracy']:.3f}, "
              f"abstained {summary['abstention_rate']:.3f}; PixelDP accuracy {summary['pixeldp_accuracy']:.3f}",
+             f"agreement with the undefended classifier: smoothed {summary['agreement_smoothed']:.3f}, "
+             f"PixelDP {summary['agreement_pixeldp']:.3f}",
              "radius   certified acc. (smoothing)   certified acc. (PixelDP)"]
     for t, acc in summary["certified_accuracy_smoothing"].items():
         lines.append(f"{float(t):6.3f}   {acc:26.3f}   {summary['certified_accuracy_pixeldp'][t]:24.3f}")
