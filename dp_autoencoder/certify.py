@@ -201,6 +201,17 @@ def _prepare_out(out: Path, settings: CertifySettings, rank: int) -> None:
 
 
 # --- the run --------------------------------------------------------------------------
+REFUSED = {"predict": -1, "radius": -1.0, "p_a_lower": 0.0, "pixeldp_predict": -1, "pixeldp_size": -1.0,
+           "counts": {}, "selection_counts": {}, "sensitivity": None, "undefended_predict": -1}
+
+
+def _base_record(idx: int, label: int, settings: CertifySettings, noise, num_classes: int, seconds: float) -> dict:
+    return {"idx": idx, "label": label, "n0": settings.n0, "n": settings.n, "num_classes": num_classes,
+            "noise": noise.kind, "scale": noise.scale, "sigma" if noise.kind == "gaussian" else "b": noise.scale,
+            "L": noise.L, "eps": noise.eps, "delta": noise.delta, "alpha": settings.alpha, "eta": settings.eta,
+            "time": seconds, "seed": settings.seed}
+
+
 def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes: int,
                     device="cpu", progress: bool = True, workers: int = 0,
                     autocast_dtype: torch.dtype | None = None) -> dict:
@@ -238,7 +249,6 @@ def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes:
             t0 = time.perf_counter()
             x = x.to(device)
             finite = torch.isfinite(x).flatten(1).all(1).cpu()
-            records = [None] * len(x)
             good = [j for j in range(len(x)) if finite[j]]
             if good:
                 xs = x[good]
@@ -254,26 +264,21 @@ def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes:
                 sel = sample_votes(model, z, good_ids, settings.n0, purpose="selection", **common).counts.cpu().numpy()
                 est = sample_votes(model, z, good_ids, settings.n, purpose="estimation", **common).counts.cpu().numpy()
             elapsed = (time.perf_counter() - t0) / len(x)
+            records = []
             for j in range(len(x)):
-                base = {"idx": ids[j], "label": int(labels[j]), "n0": settings.n0, "n": settings.n,
-                        "num_classes": num_classes, "noise": noise.kind, "scale": noise.scale,
-                        "sigma" if noise.kind == "gaussian" else "b": noise.scale,
-                        "L": noise.L, "eps": noise.eps, "delta": noise.delta,
-                        "alpha": settings.alpha, "eta": settings.eta, "time": elapsed, "seed": settings.seed}
+                base = _base_record(ids[j], int(labels[j]), settings, noise, num_classes, elapsed)
                 if j in good:
                     g = good.index(j)
-                    stats = certificates(sel[g], est[g], noise=noise.kind, scale=noise.scale,
-                                         sensitivity=sensitivities[size], eps=noise.eps, delta=noise.delta,
-                                         alpha=settings.alpha, eta=settings.eta)
-                    rec = {**base, **stats, "status": "ok", "sensitivity": sensitivities[size],
-                           "undefended_predict": undefended[g],
-                           "counts": sparse(est[g]), "selection_counts": sparse(sel[g])}
+                    rec = {**base, "status": "ok", "sensitivity": sensitivities[size],
+                           "undefended_predict": undefended[g], "counts": sparse(est[g]),
+                           "selection_counts": sparse(sel[g]),
+                           **certificates(sel[g], est[g], noise=noise.kind, scale=noise.scale,
+                                          sensitivity=sensitivities[size], eps=noise.eps, delta=noise.delta,
+                                          alpha=settings.alpha, eta=settings.eta)}
                 else:
-                    rec = {**base, "status": "refused: the image has NaN or Inf pixels", "predict": -1,
-                           "radius": -1.0, "p_a_lower": 0.0, "pixeldp_predict": -1, "pixeldp_size": -1.0,
-                           "counts": {}, "selection_counts": {}, "sensitivity": None, "undefended_predict": -1}
+                    rec = {**base, **REFUSED, "status": "refused: the image has NaN or Inf pixels"}
                 rec.update(correctness(rec))
-                records[j] = rec
+                records.append(rec)
                 certified["n"] += 1
                 certified["smooth"] += rec["correct"] and rec["radius"] > 0
                 certified["pixeldp"] += rec["pixeldp_correct"] and rec["pixeldp_size"] > 0
