@@ -69,6 +69,10 @@ def _add_train(sub) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
     p.add_argument("--download", action="store_true", help="download Fashion-MNIST with torchvision if missing")
+    p.add_argument("--stability-classifier", default=None,
+                   help="also train the AE so that this frozen classifier's output on AE(noisy x) matches its "
+                        "output on x (Salman et al. 2020); same specs as certify --classifier")
+    p.add_argument("--stability-weight", type=float, default=0.0, help="weight of that stability loss")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,7 +90,8 @@ def _run_train(args) -> int:
         constraint=args.constraint, parseval_beta=args.parseval_beta,
         noise_warmup_steps=args.noise_warmup_steps, steps_per_epoch=args.steps_per_epoch,
         num_images=args.num_images, val_images=args.val_images, seed=args.seed, workers=args.workers,
-        data_root=args.data_root, download=args.download)
+        data_root=args.data_root, download=args.download, stability_classifier=args.stability_classifier,
+        stability_weight=args.stability_weight)
     out = train(settings, resume=args.resume, device=args.device, progress=not args.quiet)
     print(f"checkpoint: {out}")
     return 0

@@ -60,6 +60,8 @@ class TrainSettings:
     workers: int = 0
     data_root: str | None = None
     download: bool = False
+    stability_classifier: str | None = None  # Salman et al. (2020): also match the frozen classifier
+    stability_weight: float = 0.0
 
     # Settings that may differ between a run and its resumption.
     RESUMABLE_CHANGES = ("out", "epochs", "workers", "download", "data_root")
@@ -70,6 +72,8 @@ class TrainSettings:
                 raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise TrainingError(f"--lr must be > 0, got {self.lr}")
+        if self.stability_weight < 0 or (self.stability_weight > 0) != (self.stability_classifier is not None):
+            raise TrainingError("--stability-weight > 0 needs --stability-classifier, and the reverse")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise TrainingError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
 
@@ -99,6 +103,15 @@ def evaluate_psnr(model: PixelDPAutoencoder, dataset, batch_size: int, device, s
     if count == 0:
         raise TrainingError("no readable validation image")
     return psnr(total / count), count
+
+
+def stability_loss(classifier, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Salman et al. (2020): cross-entropy of the frozen classifier's output on the reconstruction
+    against its soft labels on the clean image.  Gradients reach the auto-encoder only: the
+    classifier's parameters are frozen and its clean output is computed without a graph."""
+    with torch.no_grad():
+        target = classifier(x).softmax(1)
+    return -(target * classifier(recon).log_softmax(1)).sum(1).mean()
 
 
 def _settings_from_checkpoint(config: dict) -> dict:
@@ -163,6 +176,11 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
     if rank == 0 and not resume:
         log_path.unlink(missing_ok=True)
     use_amp = device.type == "cuda"
+    classifier = None
+    if settings.stability_classifier:
+        from .classifiers import load_classifier
+
+        classifier = load_classifier(settings.stability_classifier).to(device)
 
     for epoch in range(start_epoch, settings.epochs):
         if world > 1:
@@ -190,6 +208,8 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 recon = net(x, noise_gen, multiplier)
                 loss = F.mse_loss(recon.float(), x)
+                if classifier is not None:
+                    loss = loss + settings.stability_weight * stability_loss(classifier, recon.float(), x)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopping. "

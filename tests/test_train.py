@@ -159,3 +159,33 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert config["training"]["steps"] == 6
     log = [json.loads(line) for line in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and log[-1]["sensitivity"] <= 1.0
+
+
+def test_stability_objective_trains_the_autoencoder_and_never_the_classifier(tmp_path, monkeypatch):
+    import timm
+
+    from dp_autoencoder import classifiers
+    from dp_autoencoder.stack import Preprocessing, state_fingerprint
+
+    torch.manual_seed(0)
+    clf = timm.create_model("resnet10t", pretrained=False, num_classes=4, in_chans=3, channels=(8, 16, 32, 64))
+    classifiers.save_classifier(clf, tmp_path / "clf", "resnet10t",
+                                {"num_classes": 4, "in_chans": 3, "channels": [8, 16, 32, 64]},
+                                Preprocessing(input_size=(3, 16, 16)), ["a", "b", "c", "d"])
+    loaded = {}
+    real_load = classifiers.load_classifier
+
+    def spy(*a, **k):
+        loaded["model"] = real_load(*a, **k)
+        loaded["before"] = state_fingerprint(loaded["model"])
+        return loaded["model"]
+
+    monkeypatch.setattr(classifiers, "load_classifier", spy)
+    args = [*TINY, "--channels", "3", "--stability-classifier", tmp_path / "clf", "--stability-weight", "1.0"]
+    assert dpae("train", *args, "--out", tmp_path / "ae") == 0
+    after = loaded["model"].state_dict()  # the very object the loss ran through, batch-norm buffers included
+    assert all(torch.equal(loaded["before"][k], after[k]) for k in after)
+    assert dpae("train", *args[:-4], "--out", tmp_path / "plain") == 0
+    a, b = weights(tmp_path / "ae"), weights(tmp_path / "plain")
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the objective changed the auto-encoder
+    assert dpae("train", *TINY, "--stability-weight", "1.0", "--out", tmp_path / "bad") == 2
