@@ -141,6 +141,9 @@ def _add_model_and_data(p) -> None:
     p.add_argument("--classifier-weights", default=None, help="local weights for a timm classifier (.safetensors or a state dict)")
     p.add_argument("--data", default="samples",
                    help="samples (the bundled photos, default), fashion-mnist (test split), or a folder of images")
+    p.add_argument("--labels", default=None,
+                   help="labels for a flat ImageNet folder: lines 'file index' or 'file,synset' (index 0-999 in "
+                        "timm's class order); a folder of synset subfolders (n01440764/...) needs none")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
     p.add_argument("--skip", type=int, default=1, help="certify every skip-th image")
     p.add_argument("--max", type=int, default=None, help="at most this many images")
@@ -206,6 +209,11 @@ def _certify_data(args, ae_config, classifier):
         if channels != 3:
             raise CertifyError(f"the bundled photos are RGB but the auto-encoder takes {channels} channels")
         return SamplePhotos(size, classifier.prep.crop_pct)
+    from .imagenet import ImageNetFolder, is_imagenet_tree
+
+    labels = getattr(args, "labels", None)
+    if labels or (channels == 3 and is_imagenet_tree(args.data)):
+        return ImageNetFolder(args.data, size, classifier.prep.crop_pct, labels_file=labels)
     return ImageFolder(args.data, size, channels)
 
 
