@@ -34,7 +34,6 @@ from .sampler import sample_votes
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time",
                "pixeldp_predict", "pixeldp_size", "pixeldp_correct", "p_a_lower", "undefended_predict", "status")
 RADIUS_GRID = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
-TOP_COUNTS = 10
 
 
 class CertifyError(ValueError):

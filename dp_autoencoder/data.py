@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +213,3 @@ def training_data(data: str, image_size: int | None, channels: int | None, seed:
     return (ImageFolder(data, image_size, channels, train_files),
             ImageFolder(data, image_size, channels, val_files), channels, image_size)
 
-
-def warn_skipped(skipped: int, total: int, what: str) -> None:
-    if skipped:
-        warnings.warn(f"skipped {skipped} of {total} {what} that could not be read", stacklevel=2)
