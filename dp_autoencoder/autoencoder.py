@@ -137,12 +137,7 @@ class PixelDPAutoencoder(nn.Module):
     def sample_noise(self, shape, generator: torch.Generator | None = None, device=None,
                      dtype=torch.float32) -> torch.Tensor:
         """One draw of the construction's noise (N(0, sigma^2) or Laplace(0, b)) of the given shape."""
-        b = self.noise.scale
-        if self.noise.kind == "gaussian":
-            return torch.randn(shape, generator=generator, device=device, dtype=dtype) * b
-        # Laplace(0, b) is b * (E1 - E2) with E1, E2 independent Exp(1).
-        e = torch.empty((2, *shape), device=device, dtype=dtype).exponential_(generator=generator)
-        return (e[0] - e[1]) * b
+        return draw_noise(self.noise, shape, generator, device, dtype)
 
     def post_noise(self, z: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Everything after the noise: the rest of the encoder, the decoder, the sigmoid."""
@@ -209,6 +204,16 @@ SENSITIVITY_METHODS = {
     "l2": "polyphase-fourier (Sedghi et al. 2019 on the stride's polyphase conv)",
     "l1": "exact max column abs-sum",
 }
+
+
+def draw_noise(noise: NoiseConfig, shape, generator: torch.Generator | None = None, device=None,
+               dtype=torch.float32) -> torch.Tensor:
+    """One draw of ``noise`` (N(0, sigma^2) or Laplace(0, b)) of the given shape."""
+    if noise.kind == "gaussian":
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype) * noise.scale
+    # Laplace(0, b) is b * (E1 - E2) with E1, E2 independent Exp(1).
+    e = torch.empty((2, *shape), device=device, dtype=dtype).exponential_(generator=generator)
+    return (e[0] - e[1]) * noise.scale
 
 
 def sensitivity_record(model: PixelDPAutoencoder, image_size: tuple[int, int]) -> dict:

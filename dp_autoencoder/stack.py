@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .autoencoder import PixelDPAutoencoder
+from .autoencoder import NoiseConfig, PixelDPAutoencoder, draw_noise
 
 
 @dataclass
@@ -96,6 +96,31 @@ class DefendedClassifier(nn.Module):
         z = self.pre_noise(x)
         z = z + self.sample_noise(z.shape, generator, z.device, z.dtype)
         return self.logits_from_noisy(z, x.shape[-2:])
+
+
+class InputNoiseClassifier(nn.Module):
+    """The baseline without an auto-encoder: the construction's noise on the pixels themselves
+    (g = identity, so Delta = 1), then the classifier.  Same certifier, same sigma."""
+
+    def __init__(self, classifier: Classify, noise: NoiseConfig):
+        super().__init__()
+        self.classifier = classifier
+        self.noise = noise
+
+    def sensitivity(self, image_size) -> float:
+        return 1.0
+
+    def pre_noise(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def sample_noise(self, shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+        return draw_noise(self.noise, shape, generator, device, dtype)
+
+    def logits_from_noisy(self, x_noisy: torch.Tensor, image_size) -> torch.Tensor:
+        return self.classifier(x_noisy)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.classifier(x + self.sample_noise(x.shape, generator, x.device, x.dtype))
 
 
 def state_fingerprint(module: nn.Module) -> dict[str, torch.Tensor]:

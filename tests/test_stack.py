@@ -84,3 +84,20 @@ def test_stacking_refuses_channel_mismatch_and_keeps_weights_bit_identical():
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in clf.parameters())
 
+
+
+def test_input_noise_baseline_adds_the_construction_noise_to_the_pixels():
+    from dp_autoencoder.mechanisms import gaussian_sigma
+    from dp_autoencoder.stack import InputNoiseClassifier
+
+    clf = Classify(tiny(), PREP)
+    noise = NoiseConfig("gaussian", 0.3, 1.0, 0.05, 1.0, gaussian_sigma(0.3))
+    base = InputNoiseClassifier(clf, noise)
+    x = torch.rand(2, 1, 20, 20)
+    assert base.sensitivity((20, 20)) == 1.0 and torch.equal(base.pre_noise(x), x)
+    draws = base.sample_noise((20000,), torch.Generator().manual_seed(0))
+    assert draws.std().item() == pytest.approx(noise.scale, rel=0.03)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    noisy = x + base.sample_noise(x.shape, g1)
+    with torch.no_grad():
+        assert torch.equal(base(x, g2), clf(noisy))

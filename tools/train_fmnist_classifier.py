@@ -66,9 +66,9 @@ def as_float(ds: FashionMNIST) -> tuple[torch.Tensor, torch.Tensor]:
     return ds.images.unsqueeze(1).float().div_(255), ds.labels
 
 
-def model_card(config: dict, command: str, size_bytes: int, note: str = "") -> str:
+def model_card(name: str, config: dict, command: str, size_bytes: int, note: str = "") -> str:
     t = config["training"]
-    return f"""# fmnist-classifier
+    return f"""# {name}
 
 A Fashion-MNIST classifier that `dp_autoencoder` treats as a frozen, downloaded model: the PixelDP
 auto-encoder is stacked in front of it and its weights are never changed.
@@ -80,7 +80,7 @@ auto-encoder is stacked in front of it and its weights are never changed.
 | Input | [0, 1] grayscale images, 1 x 28 x 28; normalized inside the wrapper with mean {PREP.mean[0]}, std {PREP.std[0]} (Fashion-MNIST's) |
 | Output | logits over the 10 Fashion-MNIST classes: {', '.join(FASHION_MNIST_CLASSES)} |
 | Data | {config['data']} |
-| Training | {config['epochs']} epochs, {t['steps']:,} steps of batch {t['batch_size']}; AdamW (weight decay {t['weight_decay']}), one-cycle learning rate peaking at {t['lr']}, label smoothing {t['label_smoothing']}; augmentation: random crop with 2-pixel zero padding, horizontal flip |
+| Training | {config['epochs']} epochs, {t['steps']:,} steps of batch {t['batch_size']}; AdamW (weight decay {t['weight_decay']}), one-cycle learning rate peaking at {t['lr']}, label smoothing {t['label_smoothing']}; augmentation: {t['augmentation']} |
 | Seed | {config['seed']} (the run is deterministic given the seed and the thread count, {t['threads']}) |
 | Time | {config['seconds']} s of training{note} |
 | Machine | {config['machine']} |
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPU threads (default 2; use 1 when another job shares the cores; the last bits of the "
                         "weights depend on it)")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
+    p.add_argument("--noise-sigma", type=float, default=0.0,
+                   help="train with Gaussian noise of this std added to the [0, 1] pixels (Cohen et al.'s noise "
+                        "training; the 'retrained with noise' ceiling of the reproduction). Default 0: clean")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (for timing a run; not for shipping)")
     args = p.parse_args(argv)
 
@@ -143,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         for b in bar:
             idx = order[b * args.batch_size:(b + 1) * args.batch_size]
             x = augment(train_x[idx], g)
+            if args.noise_sigma > 0:
+                x = x + args.noise_sigma * torch.randn(x.shape, generator=g)
             loss = F.cross_entropy(model((x - mean) / std), train_y[idx], label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python tools/train_fmnist_classifier.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k not in ("data_root", "max_steps") and v is not None)
+        if k not in ("data_root", "max_steps") and v is not None and not (k == "noise_sigma" and v == 0))
     machine = (f"2-core CPU (the dev machine: {platform.machine()}, {os.cpu_count()} cores, "
                f"torch threads: {args.threads}, torch {torch.__version__}, timm {timm.__version__})")
     save_classifier(
@@ -177,13 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         command=command,
         training={"steps": step, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
                   "label_smoothing": args.label_smoothing, "threads": args.threads, "parameters": parameters,
-                  "optimizer": "AdamW + OneCycleLR", "augmentation": "random crop (pad 2) + horizontal flip"})
+                  "optimizer": "AdamW + OneCycleLR", "augmentation": "random crop (pad 2) + horizontal flip"
+                  + (f" + Gaussian noise, std {args.noise_sigma} on [0, 1] pixels" if args.noise_sigma else "")})
     reloaded = accuracy(load_classifier(args.out), test_x, test_y)
     if reloaded != acc:
         raise SystemExit(f"the reloaded checkpoint scores {reloaded}, not {acc}")
     config = read_config(args.out)
     size = (Path(args.out) / config["files"]["weights"]["file"]).stat().st_size
-    (Path(args.out) / "MODEL_CARD.md").write_text(model_card(config, command, size))
+    (Path(args.out) / "MODEL_CARD.md").write_text(model_card(Path(args.out).name, config, command, size))
     print(json.dumps({"test_accuracy": acc, "seconds": round(seconds), "weights_bytes": size, "out": args.out}))
     return 0
 
