@@ -75,7 +75,7 @@ auto-encoder is stacked in front of it and its weights are never changed.
 
 | | |
 |---|---|
-| Load | `dp_autoencoder.classifiers.load_classifier("pretrained/fmnist-classifier")` |
+| Load | `dp_autoencoder.classifiers.load_classifier("pretrained/{name}")` |
 | Architecture | timm `{config['timm_name']}` with `{json.dumps(config['timm_kwargs'])}` ({t['parameters']:,} parameters) |
 | Input | [0, 1] grayscale images, 1 x 28 x 28; normalized inside the wrapper with mean {PREP.mean[0]}, std {PREP.std[0]} (Fashion-MNIST's) |
 | Output | logits over the 10 Fashion-MNIST classes: {', '.join(FASHION_MNIST_CLASSES)} |
