@@ -1,0 +1,28 @@
+"""The Fashion-MNIST reproduction, end to end in its reduced form (values are not checked: few images)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_quick_reproduction_writes_the_report_and_figures(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    cmd = [sys.executable, str(ROOT / "tools" / "reproduce_fashion_mnist.py"), "--quick", "--quiet",
+           "--out", str(out), "--work", str(work)]
+    subprocess.run(cmd, check=True, cwd=tmp_path)
+    report = (out / "fashion-mnist.md").read_text()
+    for section in ("Clean accuracy", "Certified accuracy", "Side by side", "Accuracy under attack",
+                    "Robust precision", "Soundness audit"):
+        assert section in report
+    for png in ("certified-accuracy", "side-by-side", "attacks", "robust-precision"):
+        assert (out / "fashion-mnist" / f"{png}.png").stat().st_size > 10_000
+    # A rerun finds every stage's results in --work and only rewrites the report.
+    subprocess.run(cmd, check=True, cwd=tmp_path)
