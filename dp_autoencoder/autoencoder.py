@@ -135,9 +135,9 @@ class PixelDPAutoencoder(nn.Module):
         return F.relu(self.encoder[0](x))
 
     def sample_noise(self, shape, generator: torch.Generator | None = None, device=None,
-                     dtype=torch.float32) -> torch.Tensor:
+                     dtype=torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
         """One draw of the construction's noise (N(0, sigma^2) or Laplace(0, b)) of the given shape."""
-        return draw_noise(self.noise, shape, generator, device, dtype)
+        return draw_noise(self.noise, shape, generator, device, dtype, out)
 
     def post_noise(self, z: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Everything after the noise: the rest of the encoder, the decoder, the sigmoid."""
@@ -207,13 +207,16 @@ SENSITIVITY_METHODS = {
 
 
 def draw_noise(noise: NoiseConfig, shape, generator: torch.Generator | None = None, device=None,
-               dtype=torch.float32) -> torch.Tensor:
-    """One draw of ``noise`` (N(0, sigma^2) or Laplace(0, b)) of the given shape."""
+               dtype=torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One draw of ``noise`` (N(0, sigma^2) or Laplace(0, b)) of the given shape, written into ``out``
+    when given (the same bits either way)."""
     if noise.kind == "gaussian":
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype) * noise.scale
+        x = torch.randn(shape, generator=generator, device=device, dtype=dtype, out=out)
+        return x.mul_(noise.scale)
     # Laplace(0, b) is b * (E1 - E2) with E1, E2 independent Exp(1).
     e = torch.empty((2, *shape), device=device, dtype=dtype).exponential_(generator=generator)
-    return (e[0] - e[1]) * noise.scale
+    x = torch.sub(e[0], e[1], out=out)
+    return x.mul_(noise.scale)
 
 
 def sensitivity_record(model: PixelDPAutoencoder, image_size: tuple[int, int]) -> dict:

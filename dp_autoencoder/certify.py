@@ -51,6 +51,7 @@ class CertifySettings:
     batch_size: int = 256
     seed: int = 0
     images_per_step: int = 8
+    precision: str = "fp32"  # autocast of the noisy forwards: the votes depend on it
     sources: tuple = ()  # what was certified: (autoencoder sha, classifier sha, data), for the resume check
 
     def check(self) -> None:
@@ -188,6 +189,7 @@ def _prepare_out(out: Path, settings: CertifySettings, rank: int) -> None:
     wanted = settings.to_json()
     if run_file.exists():
         previous = json.loads(run_file.read_text())
+        previous.setdefault("precision", "fp32")  # run.json files from before the option
         changed = {k: (previous.get(k), v) for k, v in wanted.items()
                    if previous.get(k) != v and k not in ("batch_size", "images_per_step")}
         if changed:

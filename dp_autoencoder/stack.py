@@ -86,8 +86,8 @@ class DefendedClassifier(nn.Module):
     def pre_noise(self, x: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.pre_noise(x)
 
-    def sample_noise(self, shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
-        return self.autoencoder.sample_noise(shape, generator, device, dtype)
+    def sample_noise(self, shape, generator=None, device=None, dtype=torch.float32, out=None) -> torch.Tensor:
+        return self.autoencoder.sample_noise(shape, generator, device, dtype, out)
 
     def logits_from_noisy(self, z_noisy: torch.Tensor, image_size) -> torch.Tensor:
         return self.classifier(self.autoencoder.post_noise(z_noisy, tuple(image_size)))
@@ -113,8 +113,8 @@ class InputNoiseClassifier(nn.Module):
     def pre_noise(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def sample_noise(self, shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
-        return draw_noise(self.noise, shape, generator, device, dtype)
+    def sample_noise(self, shape, generator=None, device=None, dtype=torch.float32, out=None) -> torch.Tensor:
+        return draw_noise(self.noise, shape, generator, device, dtype, out)
 
     def logits_from_noisy(self, x_noisy: torch.Tensor, image_size) -> torch.Tensor:
         return self.classifier(x_noisy)

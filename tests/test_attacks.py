@@ -103,8 +103,8 @@ def test_budget_domain_and_frozen_weights(norm):
 
 def test_eot_without_noise_is_plain_pgd():
     model = toy_model()
-    model.autoencoder.sample_noise = lambda shape, generator=None, device=None, dtype=torch.float32: torch.zeros(
-        shape, device=device, dtype=dtype)
+    model.autoencoder.sample_noise = lambda shape, generator=None, device=None, dtype=torch.float32, out=None: (
+        torch.zeros(shape, device=device, dtype=dtype, out=out))
 
     class Plain(nn.Module):  # the same map with no noise and no generator: a deterministic model
         def forward(self, x):

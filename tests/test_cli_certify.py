@@ -65,3 +65,17 @@ def test_certify_bad_numbers(models, tmp_path, capsys, args, words):
                 *args, "--out", tmp_path / "c") == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+@needs_fashion_mnist
+def test_certify_precision_is_part_of_the_run(models, tmp_path, capsys):
+    base = ["certify", "--autoencoder", models / "ae1", "--classifier", models / "clf", "--data", "fashion-mnist",
+            "--n0", 10, "--n", 30, "--max", 2, "--quiet", "--out", tmp_path / "c"]
+    assert dpae(*base, "--precision", "bf16") == 0
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["precision"] == "bf16"
+    assert dpae(*base) == 2  # fp32 votes would not be the same classifier's
+    assert "precision" in capsys.readouterr().err
+    run = json.loads((tmp_path / "c" / "run.json").read_text())
+    del run["precision"]  # a run.json written before the option existed is an fp32 run
+    (tmp_path / "c" / "run.json").write_text(json.dumps(run))
+    assert dpae(*base, "--no-channels-last") == 0
