@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from .adaptive import certify_adaptive
 from .certificates import pixeldp_certify, smoothed_certify
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .distributed import rank_world
@@ -52,6 +53,9 @@ class CertifySettings:
     seed: int = 0
     images_per_step: int = 8
     precision: str = "fp32"  # autocast of the noisy forwards: the votes depend on it
+    # Adaptive sampling (dp_autoencoder.adaptive): stop drawing once the certificate at this radius is
+    # decided; n0 then counts selection draws and n is the most estimation draws an image may take.
+    adaptive_radius: float | None = None
     sources: tuple = ()  # what was certified: (autoencoder sha, classifier sha, data), for the resume check
 
     def check(self) -> None:
@@ -60,6 +64,8 @@ class CertifySettings:
                 raise CertifyError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max is not None and self.max < 1:
             raise CertifyError(f"--max must be >= 1, got {self.max}")
+        if self.adaptive_radius is not None and not (math.isfinite(self.adaptive_radius) and self.adaptive_radius >= 0):
+            raise CertifyError(f"--adaptive-radius must be a finite number >= 0, got {self.adaptive_radius}")
         for name in ("alpha", "eta"):
             if not 0 < getattr(self, name) < 1:
                 raise CertifyError(f"--{name} must be in (0, 1), got {getattr(self, name)}")
@@ -100,6 +106,14 @@ def certificates(selection_counts: np.ndarray, counts: np.ndarray, *, noise: str
     }
 
 
+def adaptive_record(result) -> dict:
+    """An adaptive result as a record; PixelDP is not computed (its bound is not anytime-valid here)."""
+    return {"predict": result.predict, "radius": result.radius, "p_a_lower": result.p_a_lower,
+            "counts": {str(result.selected): result.successes} if result.successes else {}, "selection_counts": {},
+            "pixeldp_predict": -1, "pixeldp_size": -1.0, "pixeldp_p_lower": 0.0, "pixeldp_p_upper": 0.0,
+            "pixeldp_certified_at_L": False, "adaptive": result.to_json()}
+
+
 def sparse(counts: np.ndarray) -> dict[str, int]:
     """Non-zero counts by class id, most voted first (zeros carry no information for any bound)."""
     order = np.argsort(-counts, kind="stable")
@@ -110,6 +124,8 @@ def recompute_record(record: dict, alpha: float | None = None, eta: float | None
     """The same record with new radii for other confidence levels (no model run)."""
     if record.get("status", "ok") != "ok":
         return record
+    if "adaptive" in record:
+        raise CertifyError("adaptive records cannot be recomputed: their looks spent alpha on a fixed schedule")
     alpha = record["alpha"] if alpha is None else alpha
     eta = record["eta"] if eta is None else eta
     k = record["num_classes"]
@@ -170,6 +186,12 @@ def summarize(records: list[dict], seconds: float | None = None) -> dict:
         "certified_accuracy_pixeldp": certified_accuracy(records, "pixeldp_size", "pixeldp_correct"),
         "mean_time_per_image_s": sum(r["time"] for r in records) / n,
     }
+    adaptive = [r["adaptive"] for r in ok if "adaptive" in r]
+    if adaptive:
+        summary["adaptive_radius"] = records[0].get("adaptive_radius")
+        summary["mean_draws"] = sum(a["draws"] for a in adaptive) / len(adaptive)
+        summary["certified_accuracy_at_adaptive_radius"] = sum(
+            r["correct"] and r["adaptive"]["certified"] for r in ok if "adaptive" in r) / n
     if seconds:
         summary["images_per_s_this_run"] = len(records) / seconds
     return summary
@@ -210,7 +232,8 @@ def _base_record(idx: int, label: int, settings: CertifySettings, noise, num_cla
     return {"idx": idx, "label": label, "n0": settings.n0, "n": settings.n, "num_classes": num_classes,
             "noise": noise.kind, "scale": noise.scale, "sigma" if noise.kind == "gaussian" else "b": noise.scale,
             "L": noise.L, "eps": noise.eps, "delta": noise.delta, "alpha": settings.alpha, "eta": settings.eta,
-            "time": seconds, "seed": settings.seed}
+            "time": seconds, "seed": settings.seed,
+            **({"adaptive_radius": settings.adaptive_radius} if settings.adaptive_radius is not None else {})}
 
 
 def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes: int,
@@ -262,8 +285,13 @@ def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes:
                 good_ids = [ids[j] for j in good]
                 common = dict(num_classes=num_classes, image_size=size, seed=settings.seed,
                               batch_size=settings.batch_size, autocast_dtype=autocast_dtype)
-                sel = sample_votes(model, z, good_ids, settings.n0, purpose="selection", **common).counts.cpu().numpy()
-                est = sample_votes(model, z, good_ids, settings.n, purpose="estimation", **common).counts.cpu().numpy()
+                if settings.adaptive_radius is None:
+                    sel = sample_votes(model, z, good_ids, settings.n0, purpose="selection", **common).counts.cpu().numpy()
+                    est = sample_votes(model, z, good_ids, settings.n, purpose="estimation", **common).counts.cpu().numpy()
+                else:
+                    adaptive = certify_adaptive(model, z, good_ids, radius=settings.adaptive_radius, noise=noise.kind,
+                                                scale=noise.scale, sensitivity=sensitivities[size], alpha=settings.alpha,
+                                                n0=settings.n0, n_max=settings.n, **common)
             elapsed = (time.perf_counter() - t0) / len(x)
             records = []
             for j in range(len(x)):
@@ -271,11 +299,14 @@ def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes:
                 if j in good:
                     g = good.index(j)
                     rec = {**base, "status": "ok", "sensitivity": sensitivities[size],
-                           "undefended_predict": undefended[g], "counts": sparse(est[g]),
-                           "selection_counts": sparse(sel[g]),
-                           **certificates(sel[g], est[g], noise=noise.kind, scale=noise.scale,
-                                          sensitivity=sensitivities[size], eps=noise.eps, delta=noise.delta,
-                                          alpha=settings.alpha, eta=settings.eta)}
+                           "undefended_predict": undefended[g]}
+                    if settings.adaptive_radius is None:
+                        rec.update(counts=sparse(est[g]), selection_counts=sparse(sel[g]),
+                                   **certificates(sel[g], est[g], noise=noise.kind, scale=noise.scale,
+                                                  sensitivity=sensitivities[size], eps=noise.eps, delta=noise.delta,
+                                                  alpha=settings.alpha, eta=settings.eta))
+                    else:
+                        rec.update(adaptive_record(adaptive[g]))
                 else:
                     rec = {**base, **REFUSED, "status": "refused: the image has NaN or Inf pixels"}
                 rec.update(correctness(rec))

@@ -79,3 +79,21 @@ def test_certify_precision_is_part_of_the_run(models, tmp_path, capsys):
     del run["precision"]  # a run.json written before the option existed is an fp32 run
     (tmp_path / "c" / "run.json").write_text(json.dumps(run))
     assert dpae(*base, "--no-channels-last") == 0
+
+
+@needs_fashion_mnist
+def test_certify_adaptive_mode(models, tmp_path, capsys):
+    base = ["certify", "--autoencoder", models / "ae1", "--classifier", models / "clf", "--data", "fashion-mnist",
+            "--max", 3, "--quiet"]
+    assert dpae(*base, "--adaptive-radius", 0.05, "--n", 60, "--out", tmp_path / "a") == 0
+    assert "adaptive at radius 0.05" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "a" / "certify.jsonl").read_text().splitlines()]
+    for r in records:
+        a = r["adaptive"]
+        assert r["n0"] == 10 and 10 < a["draws"] <= 70 and r["pixeldp_size"] == -1.0
+        assert (r["radius"] >= 0.05) == a["certified"]  # certified exactly when the radius reaches R
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["mean_draws"] == sum(r["adaptive"]["draws"] for r in records) / 3
+    assert dpae("recompute", tmp_path / "a", "--out", tmp_path / "r") == 2
+    assert dpae(*base, "--adaptive-radius", -1, "--out", tmp_path / "b") == 2
+    assert "--adaptive-radius must be" in capsys.readouterr().err
