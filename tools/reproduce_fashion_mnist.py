@@ -311,7 +311,7 @@ most voted class of the n draws (the paper's conventional accuracy).
 
 {table(["model", "bound"] + [f"T = {t:g}" for t in TABLE_RADII], cert_rows)}
 
-## Side by side at the same sigma (L = 0.3 construction), smoothing bound
+## Side by side at the same sigma (L = 0.3 construction); the figure shows the smoothing bound
 
 ![side by side](fashion-mnist/side-by-side.png)
 
