@@ -6,7 +6,7 @@ A small sample (7 photos), so every figure is agreement with the undefended clas
 and agreement under PGD-L2 with expectation over noise.
 
 Examples:
-  python tools/reproduce_natural_images.py                 # about 15 min on a 2-core CPU
+  python tools/reproduce_natural_images.py                 # about 10 min on a 2-core CPU
   python tools/reproduce_natural_images.py --quick --out /tmp/n --work /tmp/nw
 """
 
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "docs" / "results"), help="where natural-images.md goes")
     p.add_argument("--work", default="runs/reproduce-natural-images", help="intermediate results (resumable)")
-    p.add_argument("--n0", type=int, default=100)
-    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--n0", type=int, default=20, help="selection draws (default 20, as dpae certify on the photos)")
+    p.add_argument("--n", type=int, default=100, help="estimation draws (default 100, as dpae certify on the photos)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
     p.add_argument("--eot", type=int, default=4, help="noise draws per PGD step (default 4)")
     p.add_argument("--quick", action="store_true", help="2 photos, few draws and steps (a smoke run)")
