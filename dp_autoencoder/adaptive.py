@@ -88,6 +88,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm as _norm
 
+from .certificates import _level, _positive, _smoothing_radius
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 
 __all__ = [
@@ -131,30 +132,10 @@ def look_purpose(k: int) -> str:
 # --------------------------------------------------------------------------- validation
 
 
-def _level(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be in (0, 1), got {value!r}") from None
-    if not 0 < v < 1:
-        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
-    return v
-
-
 def _count(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not float(value).is_integer() or int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _positive(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
 
 
 # --------------------------------------------------------------------------- pure math
@@ -475,14 +456,6 @@ class AdaptiveResult:
         return asdict(self)
 
 
-def _radius(p: float, noise: str, scale: float, sensitivity: float) -> float:
-    from .certificates import smoothing_radius_gaussian, smoothing_radius_laplace
-
-    if noise == "gaussian":
-        return float(smoothing_radius_gaussian(p, scale, sensitivity))
-    return float(smoothing_radius_laplace(p, scale, sensitivity))
-
-
 def certify_adaptive(model, z, indices, image_size, num_classes: int, radius: float, *, noise: str, scale: float,
                      sensitivity: float, alpha: float = 0.001, n0: int = DEFAULT_N0, n_max: int = DEFAULT_N_MAX,
                      n_first: int | None = None, growth: float = DEFAULT_GROWTH, ratio: float = DEFAULT_RATIO,
@@ -544,6 +517,6 @@ def certify_adaptive(model, z, indices, image_size, num_classes: int, radius: fl
         abstain = lb <= 0.5
         results.append(AdaptiveResult(
             idx=idx, predict=-1 if abstain else selected[i], certified=decision == CERTIFIED, p_a_lower=lb,
-            radius=-1.0 if abstain else _radius(lb, noise, scale, sensitivity), selected=selected[i],
+            radius=-1.0 if abstain else float(_smoothing_radius(noise, lb, scale, sensitivity)), selected=selected[i],
             successes=successes[i], n=n, draws=n0 + n, looks=looks, stop=reason))
     return results

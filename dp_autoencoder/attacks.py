@@ -43,7 +43,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .certificates import smoothed_predict
-from .certify import CertifyError, certificates, read_records, selected_indices, sparse
+from .certify import CertifyError, append_records, certificates, read_records, selected_indices, sparse
 from .checkpoint import atomic_write_json
 from .sampler import sample_votes
 from .seeding import generator
@@ -334,12 +333,6 @@ def prepare_run(out: Path, wanted: dict, ignore=("batch_size", "images_per_step"
     else:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_file, wanted)
-
-
-def append_records(f, records: list[dict]) -> None:
-    f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def budget_key(t: float) -> str:

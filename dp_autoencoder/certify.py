@@ -155,6 +155,13 @@ def read_records(path: Path, repair: bool = False) -> list[dict]:
     return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
 
 
+def append_records(f, records: list[dict]) -> None:
+    """Append JSON lines and fsync: a kill leaves at most a partial last line, which resumption drops."""
+    f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def tsv_row(r: dict) -> str:
     return "\t".join([
         str(r["idx"]), str(r["label"]), str(r["predict"]), f"{r['radius']:.4f}", str(r["correct"]),
@@ -314,9 +321,7 @@ def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes:
                 certified["n"] += 1
                 certified["smooth"] += rec["correct"] and rec["radius"] > 0
                 certified["pixeldp"] += rec["pixeldp_correct"] and rec["pixeldp_size"] > 0
-            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-            f.flush()
-            os.fsync(f.fileno())
+            append_records(f, records)
             bar.update(len(x) * world)
             bar.set_postfix(cert_acc_smooth=f"{certified['smooth'] / certified['n']:.3f}",
                             cert_acc_pixeldp=f"{certified['pixeldp'] / certified['n']:.3f}")
