@@ -7,6 +7,12 @@
 With ``noise_placement="input"`` the noise is added to x itself (g = identity, Delta = 1).
 The three stages are separate methods so a certifier computes ``pre_noise`` once per
 image and then draws many noises.
+
+Two decoders: ``"mirror"`` (the paper's: the encoder's convs mirrored by transposed convs) and
+``"unet"`` (``denoiser.UNetDenoiser``, a multi-scale residual denoiser for photos).  For the U-Net
+the pre-noise part is either nothing (noise on the image) or one stride-1 conv + ReLU
+(``channels[0]`` maps, kernel ``kernels[0]``) whose Delta ``sensitivity.py`` proves as for the
+paper's; the U-Net itself is post-processing.
 """
 
 from __future__ import annotations
@@ -18,20 +24,30 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import sensitivity as sens
+from .denoiser import UNetDenoiser
 from .mechanisms import NOISE_KINDS, NORM_OF_NOISE, calibrate
 
 PLACEMENTS = ("latent", "input")
+DECODERS = ("mirror", "unet")
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """Encoder convs (channels, kernels, strides); the decoder mirrors them."""
+    """Encoder convs (channels, kernels, strides) and the decoder after the noise.
+
+    ``decoder="mirror"``: the paper's; transposed convs mirror the encoder convs.
+    ``decoder="unet"``: one pre-noise conv (``channels[0]``, ``kernels[0]``, stride 1) for the latent
+    placement, then ``UNetDenoiser(widths, blocks)``.
+    """
 
     in_channels: int
     channels: tuple[int, ...]
     kernels: tuple[int, ...]
     strides: tuple[int, ...]
     noise_placement: str = "latent"
+    decoder: str = "mirror"
+    widths: tuple[int, ...] = ()
+    blocks: int = 0
 
     def __post_init__(self):
         n = len(self.channels)
@@ -41,6 +57,18 @@ class Architecture:
             raise ValueError(f"noise_placement must be one of {PLACEMENTS}, got {self.noise_placement!r}")
         if self.in_channels < 1 or min(self.channels) < 1 or min(self.kernels) < 1 or min(self.strides) < 1:
             raise ValueError("channels, kernels and strides must be positive")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.decoder == "unet":
+            if n != 1 or self.strides[0] != 1 or self.kernels[0] % 2 == 0:
+                raise ValueError("a U-Net's pre-noise conv is a single stride-1 conv with an odd kernel")
+            if not self.widths or min(self.widths) < 1 or self.blocks < 0:
+                raise ValueError("a U-Net needs positive widths and blocks >= 0")
+
+    @property
+    def levels(self) -> int:
+        """Stride-2 steps of the U-Net (0 for the mirror decoder)."""
+        return len(self.widths) - 1 if self.decoder == "unet" else 0
 
     @staticmethod
     def from_dict(d: dict) -> "Architecture":
@@ -50,6 +78,9 @@ class Architecture:
             kernels=tuple(int(k) for k in d["kernels"]),
             strides=tuple(int(s) for s in d["strides"]),
             noise_placement=str(d.get("noise_placement", "latent")),
+            decoder=str(d.get("decoder", "mirror")),
+            widths=tuple(int(w) for w in d.get("widths", ())),
+            blocks=int(d.get("blocks", 0)),
         )
 
 
@@ -58,6 +89,12 @@ PRESETS = {
     "imagenet": dict(channels=(32, 32, 64), kernels=(10, 8, 5), strides=(2, 2, 2)),
     # A smaller one for 28x28 images (Fashion-MNIST).
     "small": dict(channels=(32, 64, 128), kernels=(4, 4, 3), strides=(2, 2, 1)),
+    # Photo denoisers (decoder.UNetDenoiser): levels at 1, 1/2, 1/4, 1/8 (and 1/16), most blocks coarse.
+    # unet-cpu: ~1 GMAC per 224 x 224 draw, near EfficientNet-Lite0's 0.4 (`dpae inspect` counts them).
+    "unet-cpu": dict(channels=(16,), kernels=(3,), strides=(1,), decoder="unet", widths=(16, 32, 64, 128), blocks=1),
+    # unet-gpu: ~12 GMACs, for training on a GPU.
+    "unet-gpu": dict(channels=(32,), kernels=(3,), strides=(1,), decoder="unet",
+                     widths=(32, 64, 128, 256, 256), blocks=2),
 }
 
 
@@ -109,6 +146,13 @@ class PixelDPAutoencoder(nn.Module):
         self.arch = arch
         self.noise = noise
         chans = (arch.in_channels,) + arch.channels
+        if arch.decoder == "unet":
+            latent = arch.noise_placement == "latent"
+            k = arch.kernels[0]
+            self.encoder = nn.ModuleList([nn.Conv2d(arch.in_channels, arch.channels[0], k, 1, k // 2)] if latent else [])
+            self.denoiser = UNetDenoiser(arch.channels[0] if latent else arch.in_channels, arch.in_channels,
+                                         arch.widths, arch.blocks)
+            return
         self.encoder = nn.ModuleList(
             nn.Conv2d(chans[i], chans[i + 1], k, s, _padding(k, s))
             for i, (k, s) in enumerate(zip(arch.kernels, arch.strides))
@@ -141,6 +185,8 @@ class PixelDPAutoencoder(nn.Module):
 
     def post_noise(self, z: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Everything after the noise: the rest of the encoder, the decoder, the sigmoid."""
+        if self.arch.decoder == "unet":
+            return self.denoiser(z)
         sizes = self.feature_sizes(image_size)
         start = 0 if self.arch.noise_placement == "input" else 1
         h = z
@@ -161,8 +207,14 @@ class PixelDPAutoencoder(nn.Module):
 
     # --- geometry and sensitivity ----------------------------------------------------
     def feature_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
-        """Spatial size at the input of each encoder conv (index 0 is the image)."""
+        """Spatial size at the input of each encoder conv (index 0 is the image); for the U-Net, the
+        size of each of its levels."""
         sizes = [tuple(image_size)]
+        if self.arch.decoder == "unet":
+            for _ in range(self.arch.levels):
+                h, w = sizes[-1]
+                sizes.append(((h + 1) // 2, (w + 1) // 2))
+            return sizes
         for conv in self.encoder:
             k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
             h, w = sizes[-1]
