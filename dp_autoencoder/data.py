@@ -8,6 +8,7 @@ yields ``None``; ``collate_skipping`` drops those and counts them.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from pathlib import Path
 
@@ -125,10 +126,13 @@ def load_image(path, image_size: int, channels: int) -> torch.Tensor:
 
 
 class ImageFolder(Dataset):
-    """Every image under ``root`` (searched recursively), labels -1; corrupt files yield None."""
+    """Every image under ``root`` (searched recursively), or the given ``files``, center-cropped; labels -1
+    unless given; corrupt files yield None."""
 
-    def __init__(self, root, image_size: int, channels: int = 3, files: list[Path] | None = None):
+    def __init__(self, root, image_size: int, channels: int = 3, files: list[Path] | None = None,
+                 labels: list[int] | None = None):
         self.files = files if files is not None else list_images(root)
+        self.labels = labels if labels is not None else [-1] * len(self.files)
         self.image_size, self.channels = image_size, channels
 
     def __len__(self) -> int:
@@ -136,7 +140,7 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return load_image(self.files[i], self.image_size, self.channels), -1
+            return load_image(self.files[i], self.image_size, self.channels), self.labels[i]
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
             return None
 
@@ -148,6 +152,56 @@ def collate_skipping(batch):
     if not good:
         return None, None, skipped
     return torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), skipped
+
+
+class RandomCrops(Dataset):
+    """Training crops of photos: ``length`` samples per epoch, sample k of epoch e a random-resized crop
+    (area share in ``scale``, aspect ratio in ``ratio``, as Inception's training crops) of a file drawn at
+    random, flipped left-right with probability 1/2, resized to ``image_size``.  Everything about sample k
+    comes from (seed, epoch, k), so a resumed run sees the same crops; call ``set_epoch`` every epoch."""
+
+    def __init__(self, files: list[Path], labels: list[int], image_size: int, channels: int = 3,
+                 length: int | None = None, seed: int = 0, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)):
+        if not files:
+            raise DataError("no training images")
+        self.files, self.labels = list(files), list(labels)
+        self.image_size, self.channels, self.seed = image_size, channels, seed
+        self.length = length or len(self.files)
+        self.scale, self.ratio = scale, ratio
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def crop_box(self, rng: np.random.Generator, w: int, h: int) -> tuple[int, int, int, int]:
+        for _ in range(10):
+            area = w * h * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if 0 < cw <= w and 0 < ch <= h:
+                left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                return left, top, left + cw, top + ch
+        side = min(w, h)
+        return (w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side
+
+    def __getitem__(self, k: int):
+        rng = np.random.default_rng([self.seed, self.epoch, k])
+        i = int(rng.integers(len(self.files)))
+        try:
+            with Image.open(self.files[i]) as im:
+                # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still leaves 2x the training size.
+                im.draft("RGB", (2 * self.image_size, 2 * self.image_size))
+                im = im.convert("L" if self.channels == 1 else "RGB")
+                im = im.resize((self.image_size, self.image_size), Image.BICUBIC, box=self.crop_box(rng, *im.size))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None
+        if rng.random() < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).float().div_(255)
+        return (t.unsqueeze(0) if self.channels == 1 else t.permute(2, 0, 1)), self.labels[i]
 
 
 # --- dead leaves ------------------------------------------------------------------------
@@ -186,30 +240,73 @@ class DeadLeaves(Dataset):
         return torch.from_numpy(img).permute(2, 0, 1).contiguous(), -1
 
 
-# --- what `dpae train --data X` means ---------------------------------------------------
-def training_data(data: str, image_size: int | None, channels: int | None, seed: int,
+# --- what `dpae train --data X [Y ...]` means ------------------------------------------
+def labelled_files(root, class_split: str | None = None) -> tuple[list[Path], list[int]]:
+    """The images under ``root`` with their ImageNet class indices when it is a synset tree (only the
+    ``class_split`` half of its classes when given), else all of them with label -1."""
+    from .imagenet import ImageNetFolder, is_imagenet_tree
+
+    if is_imagenet_tree(root):
+        tree = ImageNetFolder(root, class_split=class_split)
+        return tree.files, tree.labels
+    files = list_images(root)
+    return files, [-1] * len(files)
+
+
+def training_data(data, image_size: int | None, channels: int | None, seed: int,
                   data_root: str | None = None, download: bool = False, num_images: int = 20000,
-                  val_images: int = 1000) -> tuple[Dataset, Dataset, int, int]:
-    """(train, validation, channels, image size) for ``fashion-mnist``, ``dead-leaves`` or a folder."""
-    if data == "fashion-mnist":
+                  val_images: int = 1000, crop: str = "center", epoch_images: int | None = None,
+                  class_split: str | None = None) -> tuple[Dataset, Dataset, int, int]:
+    """(train, validation, channels, image size) for one source or several: ``fashion-mnist``,
+    ``dead-leaves`` or folders (ImageNet synset trees keep their labels, optionally one ``class_split``
+    half of their classes; other folders are unlabelled).  Folder images are pooled; the validation
+    images (center crops, for the PSNR) are a random tenth of the files, at most ``val_images``.
+    ``crop="random"``: random-resized crops with flips, ``epoch_images`` per epoch (default: one per file)."""
+    sources = [data] if isinstance(data, str) else list(data)
+    if not sources:
+        raise DataError("no training data given")
+    if "fashion-mnist" in sources:
+        if len(sources) > 1:
+            raise DataError("Fashion-MNIST (28x28 grayscale) cannot be mixed with other sources")
         if channels not in (None, 1) or image_size not in (None, 28):
             raise DataError("Fashion-MNIST images are 28x28 grayscale (--channels 1, --image-size 28)")
         val = FashionMNIST("test", data_root, download)
         val = torch.utils.data.Subset(val, range(min(val_images, len(val))))
         return FashionMNIST("train", data_root, download), val, 1, 28
+    if crop not in ("center", "random"):
+        raise DataError(f"crop must be 'center' or 'random', got {crop!r}")
     channels = channels or 3
     image_size = image_size or 64
-    if data == "dead-leaves":
+    train_parts, val_parts = [], []
+    if "dead-leaves" in sources:
         # Disjoint seeds for validation: a different stream of images, not a held-out index range.
-        return (DeadLeaves(num_images, image_size, channels, seed),
-                DeadLeaves(val_images, image_size, channels, seed + 1_000_003), channels, image_size)
-    files = list_images(data)
-    order = np.random.default_rng(seed).permutation(len(files))
-    n_val = min(val_images, len(files) // 10)
-    val_files = [files[i] for i in order[:n_val]]
-    train_files = [files[i] for i in order[n_val:]]
-    if not val_files:
-        val_files = train_files[:1]
-    return (ImageFolder(data, image_size, channels, train_files),
-            ImageFolder(data, image_size, channels, val_files), channels, image_size)
+        train_parts.append(DeadLeaves(num_images, image_size, channels, seed))
+        val_parts.append(DeadLeaves(val_images, image_size, channels, seed + 1_000_003))
+    files, labels = [], []
+    for source in sources:
+        if source != "dead-leaves":
+            f, y = labelled_files(source, class_split)
+            files += f
+            labels += y
+    if files:
+        order = np.random.default_rng(seed).permutation(len(files))
+        n_val = min(val_images, len(files) // 10)
+        val_idx, train_idx = (order[:n_val], order[n_val:]) if n_val else (order[:1], order)
+        train_files, train_labels = [files[i] for i in train_idx], [labels[i] for i in train_idx]
+        if crop == "random":
+            train_parts.append(RandomCrops(train_files, train_labels, image_size, channels, epoch_images, seed))
+        else:
+            train_parts.append(ImageFolder(None, image_size, channels, train_files, train_labels))
+        val_parts.append(ImageFolder(None, image_size, channels, [files[i] for i in val_idx],
+                                     [labels[i] for i in val_idx]))
+    concat = torch.utils.data.ConcatDataset
+    train = train_parts[0] if len(train_parts) == 1 else concat(train_parts)
+    val = val_parts[0] if len(val_parts) == 1 else concat(val_parts)
+    return train, val, channels, image_size
 
+
+def set_epoch(dataset: Dataset, epoch: int) -> None:
+    """Tell every RandomCrops inside ``dataset`` (a ConcatDataset too) which epoch it is."""
+    for part in getattr(dataset, "datasets", [dataset]):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)

@@ -130,6 +130,19 @@ def read_labels_file(path) -> dict[str, int]:
     return labels
 
 
+CLASS_SPLITS = ("train", "val")
+
+
+def split_classes(labels, part: str) -> list[int]:
+    """Disjoint halves of the classes present: sorted, those at even positions are ``train``, those at odd
+    positions ``val``.  On ../shared/data/imagenet-samples-dev (the even class indices) that is index % 4 == 0
+    for train and index % 4 == 2 for val, 250 classes each."""
+    if part not in CLASS_SPLITS:
+        raise DataError(f"class split must be one of {CLASS_SPLITS}, got {part!r}")
+    present = sorted(set(labels))
+    return present[0::2] if part == "train" else present[1::2]
+
+
 class ImageNetFolder(Dataset):
     """ImageNet validation images: ``(image (3, S, S) in [0, 1], label int)``, label -1 if unknown.
 
@@ -137,7 +150,8 @@ class ImageNetFolder(Dataset):
     ``layout`` ("labels-file", "synset-folders" or "unlabeled"), ``classes`` (the synsets).
     """
 
-    def __init__(self, root, image_size: int = 224, crop_pct: float = 0.875, labels_file=None):
+    def __init__(self, root, image_size: int = 224, crop_pct: float = 0.875, labels_file=None,
+                 class_split: str | None = None):
         if not 0 < crop_pct <= 1:
             raise DataError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.root = root = Path(root)
@@ -180,6 +194,12 @@ class ImageNetFolder(Dataset):
 
         if not files:
             raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {root}")
+        if class_split is not None:
+            if self.layout == "unlabeled":
+                raise DataError(f"--class-split needs labelled images; {root} has no labels")
+            keep = set(split_classes(labels, class_split))
+            files, labels = zip(*[(f, y) for f, y in zip(files, labels) if y in keep])
+            files, labels = list(files), list(labels)
         self.files: list[Path] = files
         self.labels: list[int] = labels
         self.names: list[str] = [p.stem for p in files]

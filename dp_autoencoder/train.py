@@ -1,8 +1,15 @@
 """Training the noisy auto-encoder on reconstruction only (`dpae train`).
 
-Loss: ||AE(x; noise) - x||^2, the clean image reconstructed from the noisy pass.  After every
-optimizer step the pre-noise conv is constrained (projection onto Delta <= target by default,
-optionally the Parseval retraction), so the calibrated sigma keeps its meaning.
+Loss: ||AE(x; noise) - x||^2, the clean image reconstructed from the noisy pass; optionally, after
+``mse_epochs`` of that alone (Salman et al. 2020's recipe), plus the stability loss through a frozen
+classifier and a classification loss against the data's labels.  After every optimizer step the
+pre-noise conv is constrained (projection onto Delta <= target by default, optionally the Parseval
+retraction), so the calibrated sigma keeps its meaning.  Neither loss touches the certificate: the
+pre-noise layer's Delta is what the constraint keeps, and everything after the noise is post-processing.
+
+Learning rate: constant, or a cosine from ``lr`` to 0 over the MSE phase and, when the classifier's
+losses join, a second cosine from ``finetune_lr`` to 0 over the rest (computed from the step count,
+so a resumed run follows the same schedule).
 
 Reproducibility: the data order of epoch e comes from a generator seeded by (seed, e) and the
 noise of epoch e on rank r from (seed, e, r), so a run resumed from the checkpoint of epoch e
@@ -25,8 +32,9 @@ from tqdm import tqdm
 
 from .autoencoder import Architecture, NoiseConfig, PixelDPAutoencoder, load_autoencoder, preset, save_autoencoder
 from .checkpoint import load_tensors, optimizer_from_tensors, optimizer_to_tensors
-from .data import collate_skipping, training_data
+from .data import collate_skipping, set_epoch, training_data
 from .distributed import local_device, process_group, rank_world
+from .macs import autoencoder_macs
 from .seeding import generator
 
 
@@ -60,8 +68,16 @@ class TrainSettings:
     workers: int = 0
     data_root: str | None = None
     download: bool = False
-    stability_classifier: str | None = None  # Salman et al. (2020): also match the frozen classifier
-    stability_weight: float = 0.0
+    stability_classifier: str | None = None  # the frozen classifier of the two losses below
+    stability_weight: float = 0.0  # Salman et al. (2020): match its output on the clean image
+    classification_weight: float = 0.0  # cross-entropy of its output against the data's labels
+    mse_epochs: int = 0  # epochs of MSE alone before those losses join
+    finetune_lr: float | None = None  # learning rate once they join (default: lr)
+    lr_schedule: str = "constant"  # or "cosine"
+    crop: str = "center"  # folders: "random" = random-resized crops with flips
+    epoch_images: int | None = None  # random crops per epoch (default: one per file)
+    class_split: str | None = None  # ImageNet trees: "train" or "val" half of the classes
+    precision: str = "auto"  # "fp32", "bf16" (autocast), "auto": bf16 on GPUs and AMX CPUs
 
     # Settings that may differ between a run and its resumption.
     RESUMABLE_CHANGES = ("out", "epochs", "workers", "download", "data_root")
@@ -70,12 +86,67 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "num_images", "val_images"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise TrainingError(f"--lr must be > 0, got {self.lr}")
-        if self.stability_weight < 0 or (self.stability_weight > 0) != (self.stability_classifier is not None):
-            raise TrainingError("--stability-weight > 0 needs --stability-classifier, and the reverse")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise TrainingError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+        if not self.lr > 0 or (self.finetune_lr is not None and not self.finetune_lr > 0):
+            raise TrainingError(f"--lr and --finetune-lr must be > 0, got {self.lr} and {self.finetune_lr}")
+        if self.stability_weight < 0 or self.classification_weight < 0:
+            raise TrainingError("--stability-weight and --classification-weight must be >= 0")
+        if (self.stability_weight > 0 or self.classification_weight > 0) != (self.stability_classifier is not None):
+            raise TrainingError("--stability-weight or --classification-weight > 0 needs --stability-classifier, "
+                                "and the reverse")
+        if not 0 <= self.mse_epochs < self.epochs and self.stability_classifier is not None:
+            raise TrainingError(f"--mse-epochs must be in 0..{self.epochs - 1} (--epochs {self.epochs}) so that the "
+                                f"classifier's losses train at all, got {self.mse_epochs}")
+        for name, value, allowed in (("lr-schedule", self.lr_schedule, LR_SCHEDULES),
+                                     ("precision", self.precision, PRECISIONS), ("crop", self.crop, CROPS)):
+            if value not in allowed:
+                raise TrainingError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name in ("steps_per_epoch", "epoch_images"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.data] if isinstance(self.data, str) else list(self.data)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+CROPS = ("center", "random")
+
+
+def learning_rate(settings: TrainSettings, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based)."""
+    phase_start = settings.mse_epochs * steps_per_epoch if settings.stability_classifier else 0
+    if step < phase_start:
+        lr, start, end = settings.lr, 0, phase_start
+    elif phase_start:
+        lr, start, end = settings.finetune_lr or settings.lr, phase_start, settings.epochs * steps_per_epoch
+    else:
+        lr, start, end = settings.lr, 0, settings.epochs * steps_per_epoch
+    if settings.lr_schedule == "constant":
+        return lr
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - start) / max(end - start, 1)))
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """GPUs, and CPUs with AMX or AVX-512 BF16 instructions (where autocast gives 2-3x on convs)."""
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the labels that are known (>= 0); zero when none is."""
+    known = labels >= 0
+    if not known.any():
+        return logits.sum() * 0.0
+    if int(labels.max()) >= logits.shape[1]:
+        raise TrainingError(f"label {int(labels.max())} is outside the classifier's {logits.shape[1]} classes")
+    return F.cross_entropy(logits[known], labels[known])
 
 
 def psnr(mse: float) -> float:
@@ -105,13 +176,15 @@ def evaluate_psnr(model: PixelDPAutoencoder, dataset, batch_size: int, device, s
     return psnr(total / count), count
 
 
-def stability_loss(classifier, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def stability_loss(classifier, recon: torch.Tensor, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
     """Salman et al. (2020): cross-entropy of the frozen classifier's output on the reconstruction
     against its soft labels on the clean image.  Gradients reach the auto-encoder only: the
-    classifier's parameters are frozen and its clean output is computed without a graph."""
+    classifier's parameters are frozen and its clean output is computed without a graph.
+    ``logits``: the classifier's output on ``recon`` when already computed."""
     with torch.no_grad():
-        target = classifier(x).softmax(1)
-    return -(target * classifier(recon).log_softmax(1)).sum(1).mean()
+        target = classifier(x).float().softmax(1)
+    logits = classifier(recon) if logits is None else logits
+    return -(target * logits.float().log_softmax(1)).sum(1).mean()
 
 
 def _settings_from_checkpoint(config: dict) -> dict:
@@ -137,8 +210,9 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         raise TrainingError(f"--resume: no checkpoint in {out} to resume from")
 
     train_set, val_set, channels, image_size = training_data(
-        settings.data, settings.image_size, settings.channels, settings.seed, settings.data_root,
-        settings.download, settings.num_images, settings.val_images)
+        settings.sources, settings.image_size, settings.channels, settings.seed, settings.data_root,
+        settings.download, settings.num_images, settings.val_images, settings.crop, settings.epoch_images,
+        settings.class_split)
     size = (image_size, image_size)
     # The exact bound costs ~0.2 s at 299x299: each step projects with the bound of a
     # smaller grid, and every checkpoint projects exactly at the training size.
@@ -148,8 +222,12 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
     if resume:
         model, config = load_autoencoder(out)
         previous = _settings_from_checkpoint(config)
-        mine = {k: v for k, v in asdict(settings).items() if k not in TrainSettings.RESUMABLE_CHANGES}
-        changed = {k: (previous.get(k), v) for k, v in mine.items() if previous.get(k) != v}
+        if isinstance(previous.get("data"), str):
+            previous["data"] = [previous["data"]]
+        defaults = asdict(TrainSettings(data="", out=""))  # settings older checkpoints did not record
+        mine = json.loads(json.dumps({**asdict(settings), "data": settings.sources}))
+        changed = {k: (previous.get(k, defaults[k]), v) for k, v in mine.items()
+                   if k not in TrainSettings.RESUMABLE_CHANGES and previous.get(k, defaults[k]) != v}
         if changed:
             raise TrainingError("cannot resume with other settings: " + ", ".join(
                 f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
@@ -175,7 +253,7 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
     log_path = out / "train_log.jsonl"
     if rank == 0 and not resume:
         log_path.unlink(missing_ok=True)
-    use_amp = device.type == "cuda"
+    use_amp = settings.precision == "bf16" or (settings.precision == "auto" and bf16_is_fast(device))
     classifier = None
     if settings.stability_classifier:
         from .classifiers import load_classifier
@@ -188,6 +266,7 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
             sampler.set_epoch(epoch)
         else:
             sampler = RandomSampler(train_set, generator=generator(settings.seed, epoch, "order"))
+        set_epoch(train_set, epoch)
         loader = DataLoader(train_set, batch_size=settings.batch_size, sampler=sampler,
                             num_workers=settings.workers, collate_fn=collate_skipping,
                             drop_last=True, pin_memory=device.type == "cuda",
@@ -196,20 +275,28 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         noise_gen = generator(settings.seed, epoch, rank, "noise", device=device)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress,
                    dynamic_ncols=True)
-        t0, seen, skipped, loss_sum, batches = time.perf_counter(), 0, 0, 0.0, 0
-        for step, (x, _, bad) in enumerate(loader):
+        t0, seen, skipped, loss_sum, total_sum, batches = time.perf_counter(), 0, 0, 0.0, 0.0, 0
+        with_classifier = classifier is not None and epoch >= settings.mse_epochs
+        for step, (x, labels, bad) in enumerate(loader):
             if step >= steps:
                 break
             skipped += bad
             if x is None:
                 continue
-            x = x.to(device, non_blocking=True)
+            x, labels = x.to(device, non_blocking=True), labels.to(device)
             multiplier = 1.0 if settings.noise_warmup_steps <= 0 else min(1.0, (global_step + 1) / settings.noise_warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(settings, global_step, steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 recon = net(x, noise_gen, multiplier)
-                loss = F.mse_loss(recon.float(), x)
-                if classifier is not None:
-                    loss = loss + settings.stability_weight * stability_loss(classifier, recon.float(), x)
+                mse = F.mse_loss(recon.float(), x)
+                loss = mse
+                if with_classifier:
+                    logits = classifier(recon)
+                    if settings.stability_weight:
+                        loss = loss + settings.stability_weight * stability_loss(classifier, recon, x, logits)
+                    if settings.classification_weight:
+                        loss = loss + settings.classification_weight * classification_loss(logits.float(), labels)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopping. "
@@ -220,10 +307,11 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
             model.constrain_(step_size, settings.constraint, settings.parseval_beta)
             global_step += 1
             seen += len(x)
-            loss_sum += loss.item()
+            loss_sum += mse.item()
+            total_sum += loss.item()
             batches += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr(loss.item()):.2f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr(mse.item()):.2f}")
         bar.close()
         if batches == 0:
             raise TrainingError(f"no readable training image in epoch {epoch + 1} ({skipped} skipped)")
@@ -235,7 +323,8 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         if rank == 0:
             val_psnr, _ = evaluate_psnr(model, val_set, settings.batch_size, device, settings.seed)
             record = {
-                "epoch": epoch + 1, "steps": global_step, "train_loss": loss_sum / batches,
+                "epoch": epoch + 1, "steps": global_step, "train_loss": total_sum / batches,
+                "train_mse": loss_sum / batches, "lr": optimizer.param_groups[0]["lr"],
                 "train_psnr": psnr(loss_sum / batches), "val_psnr": val_psnr,
                 "sensitivity": model.sensitivity(size), "images_per_s": seen * world / seconds,
                 "seconds": seconds, "skipped": skipped,
@@ -268,6 +357,7 @@ def describe_checkpoint(directory) -> dict:
         "sensitivity_stored": config["sensitivity"]["value"],
         "sensitivity_recomputed": model.sensitivity(size),
         "sensitivity_method": config["sensitivity"]["method"],
+        "macs_224": autoencoder_macs(model, (224, 224)),
         "sha256_ok": True,
         "training": {k: v for k, v in config.get("training", {}).items() if k != "optimizer"},
     }
