@@ -192,6 +192,9 @@ def summarize(records: list[dict], seconds: float | None = None) -> dict:
         "certified_accuracy_smoothing": certified_accuracy(records, "radius", "correct"),
         "certified_accuracy_pixeldp": certified_accuracy(records, "pixeldp_size", "pixeldp_correct"),
         "mean_time_per_image_s": sum(r["time"] for r in records) / n,
+        # Noisy forward passes of the stack per second of certification (n0 + n draws per image).
+        "draws_per_s": sum(r["adaptive"]["draws"] if "adaptive" in r else r["n0"] + r["n"] for r in ok)
+                       / max(sum(r["time"] for r in ok), 1e-12),
     }
     adaptive = [r["adaptive"] for r in ok if "adaptive" in r]
     if adaptive:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .adaptive import DEFAULT_N0 as ADAPTIVE_N0
+from .autoencoder import PRESETS
 from .adaptive import DEFAULT_N_MAX as ADAPTIVE_N_MAX
 from .certify import CertifyError
 from .checkpoint import CheckpointError
@@ -20,6 +21,10 @@ EXAMPLES = {
   dpae train --data fashion-mnist --L 0.1 --epochs 1 --out runs/ae-fmnist-L0.1
   dpae train --data dead-leaves --arch imagenet --image-size 224 --L 0.1 --out runs/ae-natural
   dpae train --data /data/imagenet/train --arch imagenet --image-size 299 --workers 8 --out runs/ae-in
+  dpae train --data ../shared/data/imagenet-samples-dev /usr/share/backgrounds --class-split train \\
+      --arch unet-cpu --noise-placement input --crop random --image-size 128 --epochs 30 --lr 2e-3 \\
+      --lr-schedule cosine --mse-epochs 15 --stability-classifier efficientnet_lite0-offline \\
+      --stability-weight 0.05 --finetune-lr 1e-4 --out runs/natural-unet-L0.1
   dpae train --out runs/ae-fmnist-L0.1 --data fashion-mnist --L 0.1 --epochs 5 --resume
   torchrun --nproc_per_node 4 -m dp_autoencoder.cli train --data /data/imagenet/train ...""",
     "inspect": """examples:
@@ -42,16 +47,19 @@ EXAMPLES = {
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a PixelDP auto-encoder on image reconstruction",
                        epilog=EXAMPLES["train"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True,
-                   help="fashion-mnist, dead-leaves (procedural, offline), or a folder of images (searched recursively)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="one or more sources: fashion-mnist, dead-leaves (procedural, offline), ImageNet synset trees "
+                        "(labelled) or any folders of images (searched recursively), pooled")
     p.add_argument("--out", required=True, help="checkpoint folder (written every epoch)")
     p.add_argument("--L", type=float, default=0.1, help="construction attack bound L (default 0.1)")
     p.add_argument("--noise", choices=["gaussian", "laplace"], default="gaussian",
                    help="gaussian: L2 attacks; laplace: L1 attacks")
     p.add_argument("--eps", type=float, default=1.0, help="PixelDP epsilon (default 1; <= 1 for gaussian)")
     p.add_argument("--delta", type=float, default=None, help="PixelDP delta (default 0.05 gaussian, 0 laplace)")
-    p.add_argument("--arch", choices=["small", "imagenet"], default=None,
-                   help="architecture preset (default: small for fashion-mnist, imagenet otherwise)")
+    p.add_argument("--arch", choices=list(PRESETS), default=None,
+                   help="architecture preset: small, imagenet (the paper's, mirrored decoder), unet-cpu "
+                        "(~1.4 GMACs per 224 x 224 draw), unet-gpu (~17 GMACs) (default: small for fashion-mnist, "
+                        "imagenet otherwise)")
     p.add_argument("--noise-placement", choices=["latent", "input"], default="latent",
                    help="noise after the first conv + ReLU (paper) or on the image itself (Delta = 1)")
     p.add_argument("--image-size", type=int, default=None, help="square training size (folders, dead-leaves; default 64)")
@@ -75,6 +83,21 @@ def _add_train(sub) -> None:
                    help="also train the AE so that this frozen classifier's output on AE(noisy x) matches its "
                         "output on x (Salman et al. 2020); same specs as certify --classifier")
     p.add_argument("--stability-weight", type=float, default=0.0, help="weight of that stability loss")
+    p.add_argument("--classification-weight", type=float, default=0.0,
+                   help="weight of the cross-entropy of that classifier on AE(noisy x) against the data's labels "
+                        "(ImageNet trees; unlabelled images do not count)")
+    p.add_argument("--mse-epochs", type=int, default=0,
+                   help="epochs of MSE alone before the classifier's losses join (Salman et al.'s recipe)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="learning rate once they join (default --lr)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="cosine: from --lr to 0 over the MSE epochs, then from --finetune-lr to 0 (default constant)")
+    p.add_argument("--crop", choices=["center", "random"], default="center",
+                   help="folders: center crops, or random-resized crops (area 25-100%%) with flips")
+    p.add_argument("--epoch-images", type=int, default=None, help="random crops per epoch (default: one per file)")
+    p.add_argument("--class-split", choices=["train", "val"], default=None,
+                   help="ImageNet trees: keep one half of the classes (sorted, every other one; see imagenet.py)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 autocast; auto: on GPUs and AMX / AVX-512-BF16 CPUs (default auto)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -84,16 +107,18 @@ def _run_train(args) -> int:
     from .train import TrainSettings, train
 
     delta = args.delta if args.delta is not None else (0.05 if args.noise == "gaussian" else 0.0)
-    arch = args.arch or ("small" if args.data == "fashion-mnist" else "imagenet")
+    arch = args.arch or ("small" if args.data == ["fashion-mnist"] else "imagenet")
     settings = TrainSettings(
-        data=args.data, out=args.out, L=args.L, noise=args.noise, eps=args.eps, delta=delta, arch=arch,
+        data=args.data[0] if len(args.data) == 1 else tuple(args.data), out=args.out, L=args.L, noise=args.noise, eps=args.eps, delta=delta, arch=arch,
         noise_placement=args.noise_placement, image_size=args.image_size, channels=args.channels,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         constraint=args.constraint, parseval_beta=args.parseval_beta,
         noise_warmup_steps=args.noise_warmup_steps, steps_per_epoch=args.steps_per_epoch,
         num_images=args.num_images, val_images=args.val_images, seed=args.seed, workers=args.workers,
         data_root=args.data_root, download=args.download, stability_classifier=args.stability_classifier,
-        stability_weight=args.stability_weight)
+        stability_weight=args.stability_weight, classification_weight=args.classification_weight,
+        mse_epochs=args.mse_epochs, finetune_lr=args.finetune_lr, lr_schedule=args.lr_schedule, crop=args.crop,
+        epoch_images=args.epoch_images, class_split=args.class_split, precision=args.precision)
     out = train(settings, resume=args.resume, device=args.device, progress=not args.quiet)
     print(f"checkpoint: {out}")
     return 0
@@ -122,6 +147,9 @@ def _run_inspect(args) -> int:
     print(f"image size      {info['image_size']}")
     print(f"Delta           {info['sensitivity_recomputed']:.6f} recomputed = {info['sensitivity_stored']:.6f} "
           f"stored  ({info['sensitivity_method']})")
+    macs = info["macs_224"]
+    print(f"cost            {macs['per_draw'] / 1e9:.3f} GMACs per draw after the noise, {macs['pre_noise'] / 1e9:.3f} "
+          f"GMACs once per image before it (224 x 224 image; Conv2d/ConvTranspose2d/Linear layers)")
     if info["training"]:
         t = info["training"]
         print(f"training        {t.get('epochs_done')} epochs, {t.get('steps')} steps, "
@@ -147,6 +175,8 @@ def _add_model_and_data(p) -> None:
                    help="labels for a flat ImageNet folder: lines 'file index' or 'file,synset' (index 0-999 in "
                         "timm's class order); a folder of synset subfolders (n01440764/...) needs none")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
+    p.add_argument("--class-split", choices=["train", "val"], default=None,
+                   help="ImageNet trees: one half of the classes (as dpae train --class-split)")
     p.add_argument("--skip", type=int, default=1, help="use every skip-th image")
     p.add_argument("--max", type=int, default=None, help="at most this many images")
     p.add_argument("--batch-size", type=int, default=256, help="noisy draws per forward pass")
@@ -246,9 +276,18 @@ def _certify_data(args, ae_config, classifier):
     from .imagenet import ImageNetFolder, is_imagenet_tree
 
     labels = getattr(args, "labels", None)
+    class_split = getattr(args, "class_split", None)
     if labels or (channels == 3 and is_imagenet_tree(args.data)):
-        return ImageNetFolder(args.data, size, classifier.prep.crop_pct, labels_file=labels)
+        return ImageNetFolder(args.data, size, classifier.prep.crop_pct, labels_file=labels, class_split=class_split)
+    if class_split:
+        raise CertifyError(f"--class-split needs an ImageNet tree or a labels file; {args.data} is a plain folder")
     return ImageFolder(args.data, size, channels)
+
+
+def _class_split_source(args) -> tuple:
+    """The class split as recorded in run.json's sources (absent without one, as in older runs)."""
+    split = getattr(args, "class_split", None)
+    return (f"class-split={split}",) if split else ()
 
 
 def _run_certify(args) -> int:
@@ -265,7 +304,8 @@ def _run_certify(args) -> int:
         n=args.n if args.n is not None else (ADAPTIVE_N_MAX if adaptive else 100 if quick else 300),
         adaptive_radius=args.adaptive_radius, alpha=args.alpha, eta=args.eta, skip=args.skip, max=args.max,
         batch_size=args.batch_size, seed=args.seed, precision=args.precision,
-        sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(model), args.data))
+        sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(model), args.data,
+                 *_class_split_source(args)))
     with process_group(device):
         summary = certify_dataset(model, dataset, settings, args.out, num_classes, device,
                                   progress=not args.quiet, workers=args.workers,
@@ -305,6 +345,7 @@ def format_summary(summary: dict) -> str:
              f"abstained {summary['abstention_rate']:.3f}; PixelDP accuracy {summary['pixeldp_accuracy']:.3f}",
              f"agreement with the undefended classifier: smoothed {summary['agreement_smoothed']:.3f}, "
              f"PixelDP {summary['agreement_pixeldp']:.3f}",
+             f"speed: {summary['draws_per_s']:.1f} draws/s of the stack, {summary['mean_time_per_image_s']:.2f} s per image",
              "radius   certified acc. (smoothing)   certified acc. (PixelDP)"]
     for t, acc in summary["certified_accuracy_smoothing"].items():
         lines.append(f"{float(t):6.3f}   {acc:26.3f}   {summary['certified_accuracy_pixeldp'][t]:24.3f}")
@@ -466,7 +507,7 @@ def _run_attack(args) -> int:
     model, ae_config, num_classes, device = _load_stack(args)
     dataset = _certify_data(args, ae_config, model.classifier)
     settings = replace(settings, sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(model),
-                                          args.data))
+                                          args.data, *_class_split_source(args)))
     summary = attack_dataset(model, dataset, settings, args.out, num_classes, device, progress=not args.quiet,
                              workers=args.workers)
     print(format_attack_table(summary, settings.norm))
@@ -532,6 +573,8 @@ def _run_audit(args) -> int:
         if not recorded[2]:
             raise AttackError(f"{src}/run.json does not say which data was certified; pass --data")
         args.data = recorded[2]
+    recorded_split = next((r.split("=", 1)[1] for r in recorded[3:] if str(r).startswith("class-split=")), None)
+    args.class_split = recorded_split  # the certified indices are positions in that half of the tree
     model, ae_config, num_classes, device = _load_stack(args)
     ae_sha, clf_id = ae_config["files"]["weights"]["sha256"], _classifier_identity(model)
     if recorded[0] and recorded[0] != ae_sha:

@@ -97,3 +97,29 @@ def test_certify_adaptive_mode(models, tmp_path, capsys):
     assert dpae("recompute", tmp_path / "a", "--out", tmp_path / "r") == 2
     assert dpae(*base, "--adaptive-radius", -1, "--out", tmp_path / "b") == 2
     assert "--adaptive-radius must be" in capsys.readouterr().err
+
+
+def test_certify_class_split_and_draws_per_s(models, tmp_path, capsys):
+    from PIL import Image
+
+    from dp_autoencoder.imagenet import imagenet_synsets
+
+    tree = tmp_path / "tree"
+    for k, syn in enumerate(imagenet_synsets()[:4]):
+        (tree / syn).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (60 * k, 20, 200)).save(tree / syn / f"{syn}.png")
+    clf = timm.create_model("resnet10t", pretrained=False, num_classes=1000, in_chans=3, channels=(8, 16, 32, 64))
+    save_classifier(clf, tmp_path / "clf3", "resnet10t",
+                    {"num_classes": 1000, "in_chans": 3, "channels": [8, 16, 32, 64]},
+                    Preprocessing(input_size=(3, 28, 28)), [str(i) for i in range(1000)])
+    base = ["certify", "--autoencoder", models / "ae3", "--classifier", tmp_path / "clf3", "--data", tree,
+            "--n0", 4, "--n", 8, "--quiet"]
+    assert dpae(*base, "--class-split", "val", "--out", tmp_path / "val") == 0
+    assert "draws/s of the stack" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "val" / "certify.jsonl").read_text().splitlines()]
+    assert sorted(r["label"] for r in records) == [1, 3]  # classes 0..3 present: the odd positions
+    summary = json.loads((tmp_path / "val" / "summary.json").read_text())
+    assert summary["draws_per_s"] > 0
+    # The split is part of what a resumed run must match.
+    assert dpae(*base, "--class-split", "train", "--out", tmp_path / "val") == 2
+    assert "other settings" in capsys.readouterr().err
