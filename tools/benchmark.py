@@ -209,7 +209,8 @@ def _efficientnet_stack(args, k: int) -> Stack:
     ae, _ = load_autoencoder(args.natural_autoencoder)
     clf = load_classifier("efficientnet_lite0-offline")
     images, source = _photos(224, clf.prep.crop_pct, k)
-    return Stack("efficientnet", f"ImageNet-sized: {args.natural_autoencoder} (preset `small`) + EfficientNet-Lite0 "
+    design = "U-Net" if ae.arch.decoder == "unet" else "mirrored decoder"
+    return Stack("efficientnet", f"ImageNet-sized: {short(args.natural_autoencoder)} ({design}) + EfficientNet-Lite0 "
                  "(efficientnet_lite0-offline, ImageNet weights), 224 x 224", DefendedClassifier(ae, clf), images,
                  1000, True, dict(arch=ae.arch, size=224, batch=args.imagenet_train_batch),
                  [f"images: {source}", f"noise: {ae.noise.kind}, L = {ae.noise.L}, sigma = {ae.noise.scale:.4f}"])
@@ -768,7 +769,7 @@ def main(argv=None) -> dict:
             st["ablations"] = abl
         if "latency" in args.parts:
             st["latency"] = bench_latency(stack, ours, args.imagenet_latency_n if big else args.latency_n, batch, s, log)
-        if "train" in args.parts and name != "efficientnet":  # its auto-encoder is the `small` preset, as fmnist's
+        if "train" in args.parts and name != "efficientnet":  # one ImageNet-sized training step (inception) is enough
             steps = args.train_steps or (2 if big else (3 if args.quick else 10))
             st["training"] = bench_training(stack, steps, s, log)
         st["load_end"] = load()
