@@ -116,13 +116,14 @@ CROPS = ("center", "random")
 
 def learning_rate(settings: TrainSettings, step: int, steps_per_epoch: int) -> float:
     """The learning rate of optimizer step ``step`` (0-based)."""
-    phase_start = settings.mse_epochs * steps_per_epoch if settings.stability_classifier else 0
-    if step < phase_start:
-        lr, start, end = settings.lr, 0, phase_start
-    elif phase_start:
-        lr, start, end = settings.finetune_lr or settings.lr, phase_start, settings.epochs * steps_per_epoch
+    total = settings.epochs * steps_per_epoch
+    joined = settings.mse_epochs * steps_per_epoch if settings.stability_classifier else None
+    if joined is None:
+        lr, start, end = settings.lr, 0, total
+    elif step < joined:
+        lr, start, end = settings.lr, 0, joined
     else:
-        lr, start, end = settings.lr, 0, settings.epochs * steps_per_epoch
+        lr, start, end = settings.finetune_lr or settings.lr, joined, total
     if settings.lr_schedule == "constant":
         return lr
     return 0.5 * lr * (1 + math.cos(math.pi * (step - start) / max(end - start, 1)))
@@ -224,6 +225,8 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         previous = _settings_from_checkpoint(config)
         if isinstance(previous.get("data"), str):
             previous["data"] = [previous["data"]]
+        # Checkpoints from before --precision trained in bf16 on GPUs and fp32 on CPUs: say so, not switch silently.
+        previous.setdefault("precision", "bf16" if device.type == "cuda" else "fp32")
         defaults = asdict(TrainSettings(data="", out=""))  # settings older checkpoints did not record
         mine = json.loads(json.dumps({**asdict(settings), "data": settings.sources}))
         changed = {k: (previous.get(k, defaults[k]), v) for k, v in mine.items()

@@ -175,3 +175,20 @@ def test_bf16_training_runs_and_keeps_delta(tmp_path, sources):
                 "--precision", "bf16", "--quiet", "--out", tmp_path / "ae") == 0
     model, config = load_autoencoder(tmp_path / "ae")
     assert config["sensitivity"]["value"] <= 1.0 + 1e-9 and model.pre_noise_conv is not None
+
+
+def test_fine_tune_rate_without_an_mse_phase_and_old_checkpoints_keep_their_precision(tmp_path, capsys):
+    s = TrainSettings(data="x", out="y", lr=1.0, finetune_lr=0.1, epochs=2, stability_classifier="c",
+                      stability_weight=1.0)
+    assert {learning_rate(s, step, 10) for step in range(20)} == {0.1}
+    # A checkpoint written before --precision existed (trained in fp32 on this CPU) is not resumed in bf16.
+    tiny = ["--data", "dead-leaves", "--image-size", "16", "--arch", "small", "--num-images", "16",
+            "--val-images", "4", "--batch-size", "8", "--quiet", "--out", tmp_path / "ae"]
+    assert dpae("train", *tiny, "--precision", "fp32") == 0
+    config_path = tmp_path / "ae" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["training"]["settings"]["precision"]
+    config_path.write_text(json.dumps(config))
+    assert dpae("train", *tiny, "--epochs", "2", "--resume") == 2
+    assert "precision was 'fp32', now 'auto'" in capsys.readouterr().err
+    assert dpae("train", *tiny, "--epochs", "2", "--resume", "--precision", "fp32") == 0
