@@ -60,8 +60,9 @@ def _add_train(sub) -> None:
                    help="architecture preset: small, imagenet (the paper's, mirrored decoder), unet-cpu "
                         "(~1.4 GMACs per 224 x 224 draw), unet-gpu (~17 GMACs) (default: small for fashion-mnist, "
                         "imagenet otherwise)")
-    p.add_argument("--noise-placement", choices=["latent", "input"], default="latent",
-                   help="noise after the first conv + ReLU (paper) or on the image itself (Delta = 1)")
+    p.add_argument("--noise-placement", choices=["latent", "input"], default=None,
+                   help="noise after the first conv + ReLU (paper) or on the image itself (Delta = 1); default: "
+                        "latent for the paper's presets, input for the U-Nets (measured better: docs/placement.md)")
     p.add_argument("--image-size", type=int, default=None, help="square training size (folders, dead-leaves; default 64)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grayscale) or 3 (RGB)")
     p.add_argument("--epochs", type=int, default=1, help="total epochs (a resumed run goes on to this many)")
@@ -110,7 +111,8 @@ def _run_train(args) -> int:
     arch = args.arch or ("small" if args.data == ["fashion-mnist"] else "imagenet")
     settings = TrainSettings(
         data=args.data[0] if len(args.data) == 1 else tuple(args.data), out=args.out, L=args.L, noise=args.noise, eps=args.eps, delta=delta, arch=arch,
-        noise_placement=args.noise_placement, image_size=args.image_size, channels=args.channels,
+        noise_placement=args.noise_placement or ("input" if arch.startswith("unet") else "latent"),
+        image_size=args.image_size, channels=args.channels,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         constraint=args.constraint, parseval_beta=args.parseval_beta,
         noise_warmup_steps=args.noise_warmup_steps, steps_per_epoch=args.steps_per_epoch,

