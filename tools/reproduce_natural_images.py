@@ -39,7 +39,7 @@ from dp_autoencoder.classifiers import load_classifier
 from dp_autoencoder.imagenet import ImageNetFolder
 from dp_autoencoder.macs import autoencoder_macs, count_macs
 from dp_autoencoder.samples import SamplePhotos
-from dp_autoencoder.sampler import prepare_for_sampling
+from dp_autoencoder.sampler import prepare_for_sampling, sample_votes
 from dp_autoencoder.stack import DefendedClassifier, InputNoiseClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,19 @@ def build(classifier, checkpoint, L):
     return model, clf_macs + autoencoder_macs(autoencoder, tuple(classifier.prep.input_size[1:]))["per_draw"]
 
 
+def timed_draws_per_s(model, image, autocast, draws: int = 300) -> float:
+    """Draws/s of one image's certification loop measured alone (the second of two runs): the table's other
+    speed column comes from the certification itself, slower whenever other jobs shared the CPU."""
+    with torch.inference_mode():
+        z = model.pre_noise(image[None])
+    for _ in range(2):
+        t0 = time.perf_counter()
+        sample_votes(model, z, [0], draws, 1000, tuple(image.shape[-2:]), 0, "timing", batch_size=100,
+                     autocast_dtype=autocast)
+        seconds = time.perf_counter() - t0
+    return draws / seconds
+
+
 def certified(records, key, pred, t, agreement):
     target = "undefended_predict" if agreement else "label"
     return sum(r[pred] == r[target] and r[pred] >= 0 and r[key] > 0 and r[key] >= t for r in records) / len(records)
@@ -102,11 +115,13 @@ def certified(records, key, pred, t, agreement):
 def table(rows, agreement: bool) -> str:
     what = "certified agreement" if agreement else "certified accuracy"
     head = " | ".join(f"r = {t:g}" for t in RADII)
-    lines = [f"| L | front-end | bound | {head} | draws/s | GMACs/draw |", "|---|---|---|" + "---|" * (len(RADII) + 2)]
+    lines = [f"| L | front-end | bound | {head} | draws/s (run) | draws/s (alone) | GMACs/draw |",
+             "|---|---|---|" + "---|" * (len(RADII) + 3)]
     for row in rows:
         for bound, key, pred in (("smoothing", "radius", "predict"), ("PixelDP", "pixeldp_size", "pixeldp_predict")):
             cells = " | ".join(f"{100 * certified(row['records'], key, pred, t, agreement):.0f}%" for t in RADII)
-            speed = f"{row['draws_per_s']:.1f} | {row['macs'] / 1e9:.2f}" if bound == "smoothing" else " | "
+            speed = (f"{row['draws_per_s']:.1f} | {row['alone']:.1f} | {row['macs'] / 1e9:.2f}" if bound == "smoothing"
+                     else " | | ")
             lines.append(f"| {row['L']:g} | {row['name']} | {bound} | {cells} | {speed} |")
     return f"{what} (share of all images):\n\n" + "\n".join(lines)
 
@@ -179,6 +194,7 @@ def main(argv=None) -> int:
     for (name, L), checkpoint in front_ends(named).items():
         model, macs = build(classifier, checkpoint, L)
         prepare_for_sampling(model)
+        alone = timed_draws_per_s(model, next(iter(data.values()))[0][0], autocast, 20 if args.quick else 300)
         for data_name, dataset in data.items():
             quick_photos = 2 if args.quick and data_name == "photos" else None
             settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
@@ -193,7 +209,8 @@ def main(argv=None) -> int:
             shown = checkpoint and (checkpoint.resolve().relative_to(ROOT) if checkpoint.resolve().is_relative_to(ROOT)
                                     else checkpoint)
             results[data_name].append({"name": name, "L": L, "records": read_records(folder / "certify.jsonl"),
-                                       "draws_per_s": summary["draws_per_s"], "macs": macs, "checkpoint": shown})
+                                       "draws_per_s": summary["draws_per_s"], "alone": alone, "macs": macs,
+                                       "checkpoint": shown})
     write_report(args, results, load_start)
     return 0
 
@@ -247,8 +264,9 @@ parts included) on {machine}; date {time.strftime('%Y-%m-%d')}. Classifier: the 
 n0 = {args.n0} selection and n = {args.n} estimation draws, alpha = {args.alpha} (with n = {args.n} the largest
 radius any image can get is sigma Phi^-1(alpha^(1/n))); PixelDP: eta = 0.95. Noisy draws in {args.precision}.
 Every front-end sees the same images and the same noise seeds. Draws/s: noisy forward passes of the whole stack
-per second of certification on this machine (load above the core count means other jobs shared it); GMACs per
-draw: the front-end's post-noise network plus the classifier, at 224 x 224.
+per second, during the certification run (slower whenever other jobs shared the CPU, as they did here for parts
+of it) and measured alone just before the report (300 draws of one image, batch 100); GMACs per draw: the
+front-end's post-noise network plus the classifier, at 224 x 224.
 
 {chr(10).join(sections)}
 Front-ends: {"; ".join(f"{row['name']}: `{row['checkpoint']}`" for row in next(iter(results.values()))
