@@ -48,10 +48,6 @@ def _benchmark_module():
 bench = _benchmark_module()
 
 
-def ints(text):
-    return bench.ints(text)
-
-
 def device_info(device: torch.device) -> dict:
     info = bench.machine(device)
     info["cuda"] = torch.version.cuda
@@ -230,8 +226,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks-gpu.md"), help="the report (a .json beside it)")
     p.add_argument("--stacks", default="inception,efficientnet")
     p.add_argument("--precisions", default="fp32,bf16,fp16")
-    p.add_argument("--n", type=ints, default=None, help="draws per image (default 100,300,1000,10000)")
-    p.add_argument("--batch-sizes", type=ints, default=None, help="the sweep (default 64,128,256,512)")
+    p.add_argument("--n", type=bench.ints, default=None, help="draws per image (default 100,300,1000,10000)")
+    p.add_argument("--batch-sizes", type=bench.ints, default=None, help="the sweep (default 64,128,256,512)")
     p.add_argument("--images", type=int, default=4, help="images per timed run at the smallest n (default 4)")
     p.add_argument("--images-per-step", type=int, default=8)
     p.add_argument("--reps", type=int, default=3, help="runs per figure, the median is reported (default 3)")
