@@ -58,7 +58,7 @@ def _add_train(sub) -> None:
     p.add_argument("--delta", type=float, default=None, help="PixelDP delta (default 0.05 gaussian, 0 laplace)")
     p.add_argument("--arch", choices=list(PRESETS), default=None,
                    help="architecture preset: small, imagenet (the paper's, mirrored decoder), unet-cpu "
-                        "(~1.4 GMACs per 224 x 224 draw), unet-gpu (~17 GMACs) (default: small for fashion-mnist, "
+                        "(~1.4 GMACs per 224 x 224 draw), unet-gpu (~16.5 GMACs) (default: small for fashion-mnist, "
                         "imagenet otherwise)")
     p.add_argument("--noise-placement", choices=["latent", "input"], default=None,
                    help="noise after the first conv + ReLU (paper) or on the image itself (Delta = 1); default: "

@@ -198,8 +198,11 @@ class ImageNetFolder(Dataset):
             if self.layout == "unlabeled":
                 raise DataError(f"--class-split needs labelled images; {root} has no labels")
             keep = set(split_classes(labels, class_split))
-            files, labels = zip(*[(f, y) for f, y in zip(files, labels) if y in keep])
-            files, labels = list(files), list(labels)
+            kept = [(f, y) for f, y in zip(files, labels) if y in keep]
+            if not kept:
+                raise DataError(f"the {class_split!r} half of the classes in {root} is empty "
+                                f"({len(set(labels))} class present)")
+            files, labels = [f for f, _ in kept], [y for _, y in kept]
         self.files: list[Path] = files
         self.labels: list[int] = labels
         self.names: list[str] = [p.stem for p in files]

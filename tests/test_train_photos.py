@@ -192,3 +192,12 @@ def test_fine_tune_rate_without_an_mse_phase_and_old_checkpoints_keep_their_prec
     assert dpae("train", *tiny, "--epochs", "2", "--resume") == 2
     assert "precision was 'fp32', now 'auto'" in capsys.readouterr().err
     assert dpae("train", *tiny, "--epochs", "2", "--resume", "--precision", "fp32") == 0
+
+
+def test_an_empty_class_split_half_is_a_clear_error(tmp_path):
+    from dp_autoencoder.imagenet import ImageNetFolder
+
+    write(tmp_path / SYNSETS[0] / "only.png", 0)
+    assert len(ImageNetFolder(tmp_path, 16, class_split="train")) == 1
+    with pytest.raises(DataError, match="'val' half of the classes .* is empty"):
+        ImageNetFolder(tmp_path, 16, class_split="val")
