@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import __version__
 from .adaptive import DEFAULT_N0 as ADAPTIVE_N0
 from .autoencoder import PRESETS
 from .adaptive import DEFAULT_N_MAX as ADAPTIVE_N_MAX
@@ -229,29 +230,17 @@ def _add_certify(sub) -> None:
 
 
 def _load_stack(args):
-    import torch
+    """The defended stack of --autoencoder and --classifier (paths or shipped names), as the API loads it."""
+    from . import api
 
-    from .autoencoder import load_autoencoder
-    from .classifiers import load_classifier
-    from .stack import DefendedClassifier
-
-    from .distributed import local_device
-
-    device = local_device(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    autoencoder, ae_config = load_autoencoder(args.autoencoder)
-    classifier = load_classifier(args.classifier, weights=args.classifier_weights)
+    autoencoder = api.load_autoencoder(args.autoencoder)
+    classifier = api.load_classifier(args.classifier, args.classifier_weights)
     try:
-        model = DefendedClassifier(autoencoder, classifier).to(device)
+        defended = api.stack(autoencoder, classifier, args.device,
+                             channels_last=not getattr(args, "no_channels_last", False))
     except ValueError as e:
         raise CertifyError(str(e)) from None
-    if not getattr(args, "no_channels_last", False):
-        from .sampler import prepare_for_sampling
-
-        prepare_for_sampling(model)
-    with torch.no_grad():
-        c, h, w = classifier.prep.input_size
-        num_classes = classifier(torch.zeros(1, c, h, w, device=device)).shape[-1]
-    return model, ae_config, num_classes, device
+    return defended.model, autoencoder.config, defended.num_classes, defended.device
 
 
 def _classifier_identity(model) -> str:
@@ -261,29 +250,13 @@ def _classifier_identity(model) -> str:
 
 
 def _certify_data(args, ae_config, classifier):
-    """The images, at the classifier's input size (the auto-encoder is fully convolutional)."""
-    from .data import FashionMNIST, ImageFolder
-    from .samples import SamplePhotos
+    """The images of --data at the classifier's input size (dp_autoencoder.sources)."""
+    from .sources import open_dataset
 
-    channels = ae_config["architecture"]["in_channels"]
-    size = classifier.prep.input_size[-1]
-    if args.data == "fashion-mnist":
-        if channels != 1:
-            raise CertifyError(f"Fashion-MNIST is grayscale but the auto-encoder takes {channels} channels")
-        return FashionMNIST("test", args.data_root)
-    if args.data == "samples":
-        if channels != 3:
-            raise CertifyError(f"the bundled photos are RGB but the auto-encoder takes {channels} channels")
-        return SamplePhotos(size, classifier.prep.crop_pct)
-    from .imagenet import ImageNetFolder, is_imagenet_tree
-
-    labels = getattr(args, "labels", None)
-    class_split = getattr(args, "class_split", None)
-    if labels or (channels == 3 and is_imagenet_tree(args.data)):
-        return ImageNetFolder(args.data, size, classifier.prep.crop_pct, labels_file=labels, class_split=class_split)
-    if class_split:
-        raise CertifyError(f"--class-split needs an ImageNet tree or a labels file; {args.data} is a plain folder")
-    return ImageFolder(args.data, size, channels)
+    return open_dataset(args.data, image_size=classifier.prep.input_size[-1],
+                        channels=ae_config["architecture"]["in_channels"], crop_pct=classifier.prep.crop_pct,
+                        labels=getattr(args, "labels", None), class_split=getattr(args, "class_split", None),
+                        data_root=getattr(args, "data_root", None))
 
 
 def _class_split_source(args) -> tuple:
@@ -601,6 +574,7 @@ COMMANDS.update({"attack": (_add_attack, _run_attack), "audit": (_add_audit, _ru
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpae", description="PixelDP auto-encoder defense: train, stack before a frozen classifier, certify.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
