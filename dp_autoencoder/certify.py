@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .adaptive import certify_adaptive
-from .certificates import pixeldp_certify, smoothed_certify
+from .certificates import DEFAULT_PIXELDP_PROFILE, PIXELDP_PROFILES, pixeldp_certify, smoothed_certify
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .distributed import rank_world
 from .sampler import sample_votes
@@ -53,10 +53,15 @@ class CertifySettings:
     seed: int = 0
     images_per_step: int = 8
     precision: str = "fp32"  # autocast of the noisy forwards: the votes depend on it
+    # How the PixelDP size reads the Gaussian noise (certificates.PIXELDP_PROFILES); absent in run.json and
+    # records written before the option, which mean "classical".
+    pixeldp_profile: str = DEFAULT_PIXELDP_PROFILE
     # Adaptive sampling (dp_autoencoder.adaptive): stop drawing once the certificate at this radius is
     # decided; n0 then counts selection draws and n is the most estimation draws an image may take.
     adaptive_radius: float | None = None
     sources: tuple = ()  # what was certified: (autoencoder sha, classifier sha, data), for the resume check
+    # How the user named the models (paths, shipped names), for labels; not compared on resume.
+    names: dict = field(default_factory=dict, compare=False)
 
     def check(self) -> None:
         for name in ("n0", "n", "skip", "batch_size", "images_per_step"):
@@ -69,6 +74,7 @@ class CertifySettings:
         for name in ("alpha", "eta"):
             if not 0 < getattr(self, name) < 1:
                 raise CertifyError(f"--{name} must be in (0, 1), got {getattr(self, name)}")
+        check_pixeldp_profile(self.pixeldp_profile)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -90,10 +96,17 @@ def dense(counts: dict, num_classes: int) -> np.ndarray:
     return out
 
 
+def check_pixeldp_profile(profile) -> str:
+    if profile not in PIXELDP_PROFILES:
+        raise CertifyError(f"--pixeldp-profile must be one of {', '.join(PIXELDP_PROFILES)}, got {profile!r}")
+    return profile
+
+
 def certificates(selection_counts: np.ndarray, counts: np.ndarray, *, noise: str, scale: float,
-                 sensitivity: float, eps: float, delta: float, alpha: float, eta: float) -> dict:
+                 sensitivity: float, eps: float, delta: float, alpha: float, eta: float,
+                 pixeldp_profile: str = DEFAULT_PIXELDP_PROFILE) -> dict:
     smooth = smoothed_certify(selection_counts, counts, alpha, noise, scale, sensitivity)
-    pdp = pixeldp_certify(counts, eta, noise, scale, sensitivity, eps, delta)
+    pdp = pixeldp_certify(counts, eta, noise, scale, sensitivity, eps, delta, profile=check_pixeldp_profile(pixeldp_profile))
     return {
         "predict": int(smooth.predict),
         "radius": float(smooth.radius),
@@ -103,6 +116,7 @@ def certificates(selection_counts: np.ndarray, counts: np.ndarray, *, noise: str
         "pixeldp_p_lower": float(pdp.p_lower),
         "pixeldp_p_upper": float(pdp.p_upper),
         "pixeldp_certified_at_L": bool(pdp.certified_at_construction),
+        "pixeldp_profile": pdp.profile,
     }
 
 
@@ -120,18 +134,23 @@ def sparse(counts: np.ndarray) -> dict[str, int]:
     return {str(int(k)): int(counts[k]) for k in order if counts[k] > 0}
 
 
-def recompute_record(record: dict, alpha: float | None = None, eta: float | None = None) -> dict:
-    """The same record with new radii for other confidence levels (no model run)."""
+def recompute_record(record: dict, alpha: float | None = None, eta: float | None = None,
+                     pixeldp_profile: str | None = None) -> dict:
+    """The same record with new radii for other confidence levels or another PixelDP profile (no model run).
+
+    ``None`` keeps the record's own value; a record without ``pixeldp_profile`` was computed classically.
+    """
     if record.get("status", "ok") != "ok":
         return record
     if "adaptive" in record:
         raise CertifyError("adaptive records cannot be recomputed: their looks spent alpha on a fixed schedule")
     alpha = record["alpha"] if alpha is None else alpha
     eta = record["eta"] if eta is None else eta
+    profile = record.get("pixeldp_profile", "classical") if pixeldp_profile is None else pixeldp_profile
     k = record["num_classes"]
     new = certificates(dense(record["selection_counts"], k), dense(record["counts"], k),
                        noise=record["noise"], scale=record["scale"], sensitivity=record["sensitivity"],
-                       eps=record["eps"], delta=record["delta"], alpha=alpha, eta=eta)
+                       eps=record["eps"], delta=record["delta"], alpha=alpha, eta=eta, pixeldp_profile=profile)
     out = {**record, **new, "alpha": alpha, "eta": eta}
     return {**out, **correctness(out)}
 
@@ -152,7 +171,15 @@ def read_records(path: Path, repair: bool = False) -> list[dict]:
     if repair and end != len(data):
         with open(path, "r+b") as f:
             f.truncate(end)
-    return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+    records = []
+    for lineno, line in enumerate(data[:end].splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as e:  # not the partial last line of a kill: an edit or a disk error
+                raise CertifyError(f"{path}, line {lineno}, is not a JSON record ({e}); repair or remove that "
+                                   "line (a removed record is recomputed by a rerun)") from None
+    return records
 
 
 def append_records(f, records: list[dict]) -> None:
@@ -191,6 +218,7 @@ def summarize(records: list[dict], seconds: float | None = None) -> dict:
         "agreement_pixeldp": sum(r["pixeldp_predict"] == r["undefended_predict"] for r in ok) / n,
         "certified_accuracy_smoothing": certified_accuracy(records, "radius", "correct"),
         "certified_accuracy_pixeldp": certified_accuracy(records, "pixeldp_size", "pixeldp_correct"),
+        "pixeldp_profile": ",".join(sorted({r.get("pixeldp_profile", "classical") for r in ok})),
         "mean_time_per_image_s": sum(r["time"] for r in records) / n,
         # Noisy forward passes of the stack per second of certification (n0 + n draws per image).
         "draws_per_s": sum(r["adaptive"]["draws"] if "adaptive" in r else r["n0"] + r["n"] for r in ok)
@@ -216,14 +244,26 @@ def write_outputs(out: Path, records: list[dict], seconds: float | None = None) 
     return summary
 
 
+def resumed_pixeldp_profile(out, requested: str | None) -> str:
+    """The profile a run into ``out`` uses: ``requested``, else the one of the run there (classical when its
+    run.json predates the option), else the default; an explicit mismatch is refused by the resume check."""
+    if requested is not None:
+        return check_pixeldp_profile(requested)
+    run_file = Path(out) / "run.json"
+    if run_file.exists():
+        return json.loads(run_file.read_text()).get("pixeldp_profile", "classical")
+    return DEFAULT_PIXELDP_PROFILE
+
+
 def _prepare_out(out: Path, settings: CertifySettings, rank: int) -> None:
     run_file = out / "run.json"
     wanted = settings.to_json()
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         previous.setdefault("precision", "fp32")  # run.json files from before the option
+        previous.setdefault("pixeldp_profile", "classical")  # their sizes were read classically
         changed = {k: (previous.get(k), v) for k, v in wanted.items()
-                   if previous.get(k) != v and k not in ("batch_size", "images_per_step")}
+                   if previous.get(k) != v and k not in ("batch_size", "images_per_step", "names")}
         if changed:
             raise CertifyError(f"{out} holds a run with other settings (" + "; ".join(
                 f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items()) +
@@ -242,7 +282,7 @@ def _base_record(idx: int, label: int, settings: CertifySettings, noise, num_cla
     return {"idx": idx, "label": label, "n0": settings.n0, "n": settings.n, "num_classes": num_classes,
             "noise": noise.kind, "scale": noise.scale, "sigma" if noise.kind == "gaussian" else "b": noise.scale,
             "L": noise.L, "eps": noise.eps, "delta": noise.delta, "alpha": settings.alpha, "eta": settings.eta,
-            "time": seconds, "seed": settings.seed,
+            "time": seconds, "seed": settings.seed, "pixeldp_profile": settings.pixeldp_profile,
             **({"adaptive_radius": settings.adaptive_radius} if settings.adaptive_radius is not None else {})}
 
 
@@ -314,7 +354,8 @@ def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes:
                         rec.update(counts=sparse(est[g]), selection_counts=sparse(sel[g]),
                                    **certificates(sel[g], est[g], noise=noise.kind, scale=noise.scale,
                                                   sensitivity=sensitivities[size], eps=noise.eps, delta=noise.delta,
-                                                  alpha=settings.alpha, eta=settings.eta))
+                                                  alpha=settings.alpha, eta=settings.eta,
+                                                  pixeldp_profile=settings.pixeldp_profile))
                     else:
                         rec.update(adaptive_record(adaptive[g]))
                 else:

@@ -41,7 +41,8 @@ EXAMPLES = {
   dpae predict --autoencoder runs/ae --classifier pretrained/fmnist-classifier --data fashion-mnist --max 100
   dpae predict ... --n 25 --no-abstain          (the paper's 25-draw prediction)""",
     "recompute": """examples:
-  dpae recompute runs/cert-fmnist-L0.1 --alpha 0.01 --eta 0.99 --out runs/cert-fmnist-L0.1-a01""",
+  dpae recompute runs/cert-fmnist-L0.1 --alpha 0.01 --eta 0.99 --out runs/cert-fmnist-L0.1-a01
+  dpae recompute runs/cert-old --pixeldp-profile analytic --out runs/cert-old-analytic""",
 }
 
 
@@ -226,7 +227,16 @@ def _add_certify(sub) -> None:
                    help="draws that estimate its probability (default 300, the paper's; 100 for the samples)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the smoothing bound")
     p.add_argument("--eta", type=float, default=0.95, help="confidence of the PixelDP bounds")
+    _add_pixeldp_profile(p, "analytic for a new run, the run's own when resuming (classical for runs from before "
+                            "the option)")
     p.add_argument("--out", default="runs/certify", help="output folder (rerun into it to resume; default runs/certify)")
+
+
+def _add_pixeldp_profile(p, default: str) -> None:
+    p.add_argument("--pixeldp-profile", choices=["classical", "analytic"], default=None,
+                   help="how the PixelDP size reads the Gaussian noise: analytic (the exact privacy profile of Balle "
+                        "& Wang 2018, any eps') or classical (sqrt(2 ln(1.25/delta')) calibration, eps' <= 1); "
+                        f"docs/pixeldp-analytic.md (default: {default})")
 
 
 def _load_stack(args):
@@ -266,7 +276,7 @@ def _class_split_source(args) -> tuple:
 
 
 def _run_certify(args) -> int:
-    from .certify import CertifySettings, certify_dataset
+    from .certify import CertifySettings, certify_dataset, resumed_pixeldp_profile
 
     from .distributed import process_group
 
@@ -279,8 +289,10 @@ def _run_certify(args) -> int:
         n=args.n if args.n is not None else (ADAPTIVE_N_MAX if adaptive else 100 if quick else 300),
         adaptive_radius=args.adaptive_radius, alpha=args.alpha, eta=args.eta, skip=args.skip, max=args.max,
         batch_size=args.batch_size, seed=args.seed, precision=args.precision,
+        pixeldp_profile=resumed_pixeldp_profile(args.out, args.pixeldp_profile),
         sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(model), args.data,
-                 *_class_split_source(args)))
+                 *_class_split_source(args)),
+        names={"autoencoder": args.autoencoder, "classifier": args.classifier})
     with process_group(device):
         summary = certify_dataset(model, dataset, settings, args.out, num_classes, device,
                                   progress=not args.quiet, workers=args.workers,
@@ -289,7 +301,9 @@ def _run_certify(args) -> int:
         if len(dataset) <= 50:
             print(format_table(Path(args.out), dataset, model.classifier))
         print(format_summary(summary))
-        print(f"results: {args.out}/certify.tsv, certify.jsonl, summary.json")
+        from .report import write_run_curve
+
+        print(f"results: {args.out}/certify.tsv, certify.jsonl, summary.json, {write_run_curve(args.out).name}")
     return 0
 
 
@@ -321,7 +335,7 @@ def format_summary(summary: dict) -> str:
              f"agreement with the undefended classifier: smoothed {summary['agreement_smoothed']:.3f}, "
              f"PixelDP {summary['agreement_pixeldp']:.3f}",
              f"speed: {summary['draws_per_s']:.1f} draws/s of the stack, {summary['mean_time_per_image_s']:.2f} s per image",
-             "radius   certified acc. (smoothing)   certified acc. (PixelDP)"]
+             f"radius   certified acc. (smoothing)   certified acc. (PixelDP, {summary.get('pixeldp_profile') or '-'})"]
     for t, acc in summary["certified_accuracy_smoothing"].items():
         lines.append(f"{float(t):6.3f}   {acc:26.3f}   {summary['certified_accuracy_pixeldp'][t]:24.3f}")
     if "mean_draws" in summary:
@@ -338,6 +352,7 @@ def _add_recompute(sub) -> None:
     p.add_argument("run", help="a folder written by dpae certify")
     p.add_argument("--alpha", type=float, default=None, help="new alpha for the smoothing bound")
     p.add_argument("--eta", type=float, default=None, help="new eta for the PixelDP bounds")
+    _add_pixeldp_profile(p, "each record's own; classical for records from before the option")
     p.add_argument("--out", required=True, help="new folder for the recomputed files (never the input)")
 
 
@@ -358,9 +373,24 @@ def _run_recompute(args) -> int:
     if (out / "certify.jsonl").exists():
         raise CertifyError(f"{out} already holds results; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    summary = write_outputs(out, [recompute_record(r, args.alpha, args.eta) for r in records])
+    summary = write_outputs(out, [recompute_record(r, args.alpha, args.eta, args.pixeldp_profile) for r in records])
+    _write_recomputed_run_json(src, out)
+    from .report import write_run_curve
+
+    write_run_curve(out)
     print(format_summary(summary))
     return 0
+
+
+def _write_recomputed_run_json(src: Path, out: Path) -> None:
+    """The source's run.json with the new levels, so that reports label the recomputed run correctly."""
+    from .certify import read_records
+    from .checkpoint import atomic_write_json
+
+    run = json.loads((src / "run.json").read_text()) if (src / "run.json").is_file() else {}
+    first = next((r for r in read_records(out / "certify.jsonl") if r.get("status", "ok") == "ok"), {})
+    run.update({k: first[k] for k in ("alpha", "eta") if k in first})
+    atomic_write_json(out / "run.json", {**run, "recomputed_from": str(src.resolve())})
 
 
 def _add_predict(sub) -> None:
@@ -448,6 +478,9 @@ def _add_attack(sub) -> None:
     p = sub.add_parser("attack", help="accuracy and certificates under PGD attacks with expectation over the noise",
                        epilog=EXAMPLES["attack"], formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_and_data(p)
+    p.add_argument("--method", choices=["pgd", "cw"], default="pgd",
+                   help="pgd: accuracy under PGD at each budget (default); cw: Carlini-Wagner L2, the smallest "
+                        "perturbation found per image and target, accuracy at each budget read from it")
     p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="attack norm (default l2)")
     p.add_argument("--budgets", default="0,0.25,0.5,1", help="comma-separated attack sizes (default 0,0.25,0.5,1)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
@@ -465,6 +498,14 @@ def _add_attack(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the smoothing bound and PREDICT")
     p.add_argument("--eta", type=float, default=0.95, help="confidence of the PixelDP bounds")
     p.add_argument("--images-per-step", type=int, default=4, help="images attacked together (default 4)")
+    p.add_argument("--cw-steps", type=int, default=100, help="C&W: Adam steps per constant c (default 100)")
+    p.add_argument("--cw-search-steps", type=int, default=6, help="C&W: binary-search rounds over c (default 6)")
+    p.add_argument("--cw-lr", type=float, default=0.01,
+                   help="C&W: Adam learning rate per pixel (default 0.01; ~0.001 for 224 x 224 RGB images)")
+    p.add_argument("--cw-const", type=float, default=1.0, help="C&W: the first constant c (default 1)")
+    p.add_argument("--cw-kappa", type=float, default=0.0, help="C&W: confidence margin kappa (default 0)")
+    p.add_argument("--cw-targets", default="untargeted,runner-up",
+                   help="C&W: untargeted and/or targeted at the runner-up class (default both)")
     p.add_argument("--out", default="runs/attack", help="output folder (rerun into it to resume; default runs/attack)")
 
 
@@ -472,9 +513,12 @@ def _run_attack(args) -> int:
     from dataclasses import replace
 
     from .attacks import AttackSettings, attack_dataset, format_attack_table, parse_budgets
+    from .cw import format_cw_table
 
     settings = AttackSettings(
-        norm=args.norm, budgets=parse_budgets(args.budgets), steps=args.steps, restarts=args.restarts,
+        method=args.method, cw_steps=args.cw_steps, cw_search_steps=args.cw_search_steps, cw_lr=args.cw_lr,
+        cw_const=args.cw_const, cw_kappa=args.cw_kappa,
+        cw_targets=tuple(t.strip() for t in args.cw_targets.split(",") if t.strip()), norm=args.norm, budgets=parse_budgets(args.budgets), steps=args.steps, restarts=args.restarts,
         step_factor=args.step_factor, eot=args.eot, loss=args.loss, n0=args.n0, n=args.n, alpha=args.alpha,
         eta=args.eta, skip=args.skip, max=args.max, seed=args.seed, batch_size=args.batch_size,
         images_per_step=args.images_per_step)
@@ -485,7 +529,7 @@ def _run_attack(args) -> int:
                                           args.data, *_class_split_source(args)))
     summary = attack_dataset(model, dataset, settings, args.out, num_classes, device, progress=not args.quiet,
                              workers=args.workers)
-    print(format_attack_table(summary, settings.norm))
+    print(format_cw_table(summary) if settings.method == "cw" else format_attack_table(summary, settings.norm))
     if "seconds_this_run" in summary:
         print(f"{summary['images_this_run']} images attacked in {summary['seconds_this_run']:.1f} s")
     print(f"results: {args.out}/attack.jsonl, summary.json")
@@ -571,6 +615,42 @@ def _run_audit(args) -> int:
 COMMANDS.update({"attack": (_add_attack, _run_attack), "audit": (_add_audit, _run_audit)})
 
 
+EXAMPLES["report"] = """examples:
+  dpae report runs/cert-fmnist-L0.1 runs/cert-fmnist-L0.3 --out runs/report
+  dpae report runs/cert-a runs/cert-b --labels "trained on MSE" "with stability" --radii 0,0.1,0.2,0.3 --out runs/r
+  dpae report runs/attack-fmnist-L0.3 runs/cert-fmnist-L0.3 --out runs/report
+
+Certify, recompute and adaptive folders: certified accuracy against radius, smoothing bound solid and
+PixelDP dashed (certified-accuracy.png/.svg/.md/.tex); attack folders: accuracy under attack against
+the budget (accuracy-under-attack.*).  Table cells equal summary.json's at the same radius."""
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="certified-accuracy figures (PNG, SVG) and tables (Markdown, LaTeX) of runs",
+                       epilog=EXAMPLES["report"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="folders written by dpae certify, recompute or attack")
+    p.add_argument("--out", required=True, help="folder for the figures and tables (created)")
+    p.add_argument("--radii", default=",".join(f"{r:g}" for r in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)),
+                   help="radii of the table's columns (default 0,0.1,0.25,0.5,0.75,1)")
+    p.add_argument("--labels", nargs="+", default=None, help="one legend label per run (default: from run.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_report(args) -> int:
+    from .report import ReportError, write_report
+
+    try:
+        radii = tuple(float(r) for r in args.radii.split(",") if r.strip())
+    except ValueError:
+        raise ReportError(f"--radii must be comma-separated numbers, got {args.radii!r}") from None
+    for path in write_report(args.runs, args.out, radii, args.labels, progress=not args.quiet):
+        print(path)
+    return 0
+
+
+COMMANDS["report"] = (_add_report, _run_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpae", description="PixelDP auto-encoder defense: train, stack before a frozen classifier, certify.")
@@ -581,16 +661,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: appended records stay complete,
+    atomic writes remove their temporary files, and the exit status says which signal it was."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+RESUME_HINTS = {"train": "rerun with --resume to continue from the last checkpoint",
+                "certify": "rerun the same command to resume", "attack": "rerun the same command to resume",
+                "audit": "rerun the same command to resume"}
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    import signal
+
     try:
-        return COMMANDS[args.command][1](args)
-    except (CheckpointError, DataError, CalibrationError, TrainingError, CertifyError) as e:
-        print(f"dpae {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"dpae {args.command}: interrupted", file=sys.stderr)
-        return 130
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous_sigterm = None
+    try:
+        args = build_parser().parse_args(argv)
+        try:
+            return COMMANDS[args.command][1](args)
+        except (CheckpointError, DataError, CalibrationError, TrainingError, CertifyError) as e:
+            print(f"dpae {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # the system refused a read or a write: a full disk, permissions, I/O errors
+            where = e.filename or getattr(args, "out", None)
+            print(f"dpae {args.command}: error: {e.strerror or e}" + (f": {where}" if where else ""), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            hint = RESUME_HINTS.get(args.command)
+            print(f"dpae {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}"
+                  + (f"; {hint}" if hint else ""), file=sys.stderr)
+            return 143 if terminated else 130
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":
