@@ -167,7 +167,9 @@ def test_pixeldp_certify_matches_its_definition():
     assert cert.p_lower == pytest.approx(lo[1], rel=1e-12)
     assert cert.p_upper == pytest.approx(max(up[0], up[2], up[3]), rel=1e-12)
     assert cert.certified_at_construction == C.pixeldp_condition(lo[1], cert.p_upper, 1.0, 0.05)
-    assert cert.size == C.pixeldp_size_gaussian(cert.p_lower, cert.p_upper, 0.3, 1.2).size > 0
+    assert cert.size == C.pixeldp_size_gaussian_analytic(cert.p_lower, cert.p_upper, 0.3, 1.2).size > 0
+    classical = C.pixeldp_certify(counts, 0.95, "gaussian", 0.3, 1.2, 1.0, 0.05, profile="classical")
+    assert classical.size == C.pixeldp_size_gaussian(cert.p_lower, cert.p_upper, 0.3, 1.2).size > 0
     lap = C.pixeldp_certify(counts, 0.95, "laplace", 0.3, 1.2, 1.0, 0.0)
     assert lap.size == pytest.approx(0.3 * math.log(lap.p_lower / lap.p_upper) / 2.4)
     for method in ("hoeffding", "bernstein"):
