@@ -239,18 +239,22 @@ def _add_pixeldp_profile(p, default: str) -> None:
                         f"docs/pixeldp-analytic.md (default: {default})")
 
 
-def _load_stack(args):
+def _load_api_stack(args):
     """The defended stack of --autoencoder and --classifier (paths or shipped names), as the API loads it."""
     from . import api
 
     autoencoder = api.load_autoencoder(args.autoencoder)
     classifier = api.load_classifier(args.classifier, args.classifier_weights)
     try:
-        defended = api.stack(autoencoder, classifier, args.device,
-                             channels_last=not getattr(args, "no_channels_last", False))
+        return api.stack(autoencoder, classifier, args.device, precision=getattr(args, "precision", "fp32"),
+                         seed=getattr(args, "seed", 0), channels_last=not getattr(args, "no_channels_last", False))
     except ValueError as e:
         raise CertifyError(str(e)) from None
-    return defended.model, autoencoder.config, defended.num_classes, defended.device
+
+
+def _load_stack(args):
+    defended = _load_api_stack(args)
+    return defended.model, defended.autoencoder.config, defended.num_classes, defended.device
 
 
 def _classifier_identity(model) -> str:
@@ -389,7 +393,7 @@ def _write_recomputed_run_json(src: Path, out: Path) -> None:
 
     run = json.loads((src / "run.json").read_text()) if (src / "run.json").is_file() else {}
     first = next((r for r in read_records(out / "certify.jsonl") if r.get("status", "ok") == "ok"), {})
-    run.update({k: first[k] for k in ("alpha", "eta") if k in first})
+    run.update({k: first[k] for k in ("alpha", "eta", "pixeldp_profile") if k in first})
     atomic_write_json(out / "run.json", {**run, "recomputed_from": str(src.resolve())})
 
 
@@ -406,41 +410,37 @@ def _add_predict(sub) -> None:
 
 def _run_predict(args) -> int:
     import time
-    from pathlib import Path
 
     import torch
+    from tqdm import tqdm
 
-    from .certificates import smoothed_predict
     from .certify import selected_indices
     from .checkpoint import atomic_write_bytes
-    from .sampler import sample_votes
 
     if args.n < 1 or not 0 < args.alpha < 1:
         raise CertifyError("--n must be >= 1 and --alpha in (0, 1)")
-    model, ae_config, num_classes, device = _load_stack(args)
-    dataset = _certify_data(args, ae_config, model.classifier)
+    stack = _load_api_stack(args)
+    dataset = _certify_data(args, stack.autoencoder.config, stack.classifier)
     rows, correct = ["idx\tlabel\tpredict\tcorrect\ttime"], 0
     indices = selected_indices(len(dataset), args.skip, args.max)
-    for i in indices:
+    bar = tqdm(indices, desc="predict", disable=args.quiet, dynamic_ncols=True)
+    for count, i in enumerate(bar, 1):
         t0 = time.perf_counter()
         x, label = dataset[i]
-        x = x.unsqueeze(0).to(device)
         if not torch.isfinite(x).all():
             rows.append(f"{i}\t{label}\t-1\t0\t0.0\trefused: NaN or Inf pixels")
             continue
-        with torch.inference_mode():
-            z = model.pre_noise(x)
-        counts = sample_votes(model, z, [i], args.n, num_classes, tuple(x.shape[-2:]), args.seed, "prediction",
-                              args.batch_size, autocast_dtype=_autocast_dtype(args)).counts[0].cpu().numpy()
-        pred = int(counts.argmax()) if args.no_abstain else int(smoothed_predict(counts, args.alpha))
+        pred = stack.predict(x, n=args.n, alpha=args.alpha, batch_size=args.batch_size, index=i,
+                             abstain=not args.no_abstain)
         correct += int(pred == label)
         rows.append(f"{i}\t{label}\t{pred}\t{int(pred == label)}\t{time.perf_counter() - t0:.4f}")
-        if not args.quiet:
-            print(rows[-1], flush=True)
+        bar.set_postfix(accuracy=f"{correct / count:.3f}")
+    bar.close()
     print(f"accuracy {correct / max(len(indices), 1):.4f} over {len(indices)} images")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(Path(args.out) / "predict.tsv", ("\n".join(rows) + "\n").encode())
+        print(f"results: {args.out}/predict.tsv")
     return 0
 
 
@@ -455,6 +455,7 @@ EXAMPLES["attack"] = """examples:
       --data fashion-mnist --max 100 --budgets 0,0.25,0.5,1 --out runs/attack-fmnist-L0.3
   dpae attack ... --norm linf --budgets 0,0.05,0.1 --steps 40 --restarts 2 --eot 16 --out runs/attack-linf
   dpae attack ... --out runs/attack-fmnist-L0.3      (rerun into the same folder to resume)
+  dpae attack ... --method cw --cw-steps 100 --cw-search-steps 6 --eot 8 --out runs/cw-fmnist-L0.3
 
 For each image and budget: PGD on the undefended classifier, PGD with expectation over --eot noise
 draws on the defended stack, then --n0 + --n fresh draws on the attacked image give the defended
@@ -468,9 +469,10 @@ EXAMPLES["audit"] = """examples:
   dpae audit ... --bounds smoothing --steps 100 --restarts 4 --eot 32 --n 2000 --max 50
 
 Every image the certify run certified is attacked (PGD-L2 with expectation over the noise, untargeted
-and targeted at the runner-up class) at 0.999 x its certified radius (smoothing) or size (PixelDP);
-fresh draws then test the certified statement at the attacked image.  A violation is counted only when
-it is statistically significant at --alpha; the summary gives the number expected if every
+and targeted at the runner-up class, and Carlini-Wagner L2 scaled into the ball; the most damaging on
+--n-select fresh draws is kept) at 0.999 x its certified radius (smoothing) or size (PixelDP), at the
+certify run's precision (run.json); fresh draws then test the certified statement at the attacked
+image.  A violation is counted only when it is statistically significant at --alpha; the summary gives the number expected if every
 certificate is sound (false certificates + false alarms) and the p-value of the observed count."""
 
 
@@ -498,6 +500,8 @@ def _add_attack(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the smoothing bound and PREDICT")
     p.add_argument("--eta", type=float, default=0.95, help="confidence of the PixelDP bounds")
     p.add_argument("--images-per-step", type=int, default=4, help="images attacked together (default 4)")
+    _add_pixeldp_profile(p, "analytic for a new run, the run's own when resuming (classical for runs from before "
+                            "the option)")
     p.add_argument("--cw-steps", type=int, default=100, help="C&W: Adam steps per constant c (default 100)")
     p.add_argument("--cw-search-steps", type=int, default=6, help="C&W: binary-search rounds over c (default 6)")
     p.add_argument("--cw-lr", type=float, default=0.01,
@@ -513,6 +517,7 @@ def _run_attack(args) -> int:
     from dataclasses import replace
 
     from .attacks import AttackSettings, attack_dataset, format_attack_table, parse_budgets
+    from .certify import resumed_pixeldp_profile
     from .cw import format_cw_table
 
     settings = AttackSettings(
@@ -521,6 +526,7 @@ def _run_attack(args) -> int:
         cw_targets=tuple(t.strip() for t in args.cw_targets.split(",") if t.strip()), norm=args.norm, budgets=parse_budgets(args.budgets), steps=args.steps, restarts=args.restarts,
         step_factor=args.step_factor, eot=args.eot, loss=args.loss, n0=args.n0, n=args.n, alpha=args.alpha,
         eta=args.eta, skip=args.skip, max=args.max, seed=args.seed, batch_size=args.batch_size,
+        pixeldp_profile=resumed_pixeldp_profile(args.out, args.pixeldp_profile),
         images_per_step=args.images_per_step)
     settings.check()  # before loading anything
     model, ae_config, num_classes, device = _load_stack(args)
@@ -548,6 +554,14 @@ def _add_audit(sub) -> None:
     p.add_argument("--labels", default=None, help="labels for a flat ImageNet folder (as for certify)")
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
     p.add_argument("--bounds", default="smoothing,pixeldp", help="which certificates to audit (default both)")
+    p.add_argument("--attacks", default="pgd,cw",
+                   help="candidate attacks, the most damaging kept per image: pgd (untargeted and targeted at the "
+                        "runner-up), cw (Carlini-Wagner L2, scaled into the ball) (default pgd,cw)")
+    p.add_argument("--cw-steps", type=int, default=20, help="C&W: Adam steps per constant c (default 20)")
+    p.add_argument("--cw-search-steps", type=int, default=4, help="C&W: binary-search rounds over c (default 4)")
+    p.add_argument("--cw-lr-factor", type=float, default=0.25,
+                   help="C&W: Adam learning rate = factor x budget / sqrt(pixels) (default 0.25)")
+    p.add_argument("--cw-const", type=float, default=1.0, help="C&W: the first constant c (default 1)")
     p.add_argument("--max", type=int, default=None, help="audit at most this many certified images")
     p.add_argument("--steps", type=int, default=40, help="PGD steps (default 40)")
     p.add_argument("--restarts", type=int, default=2, help="random restarts per attack (default 2)")
@@ -586,7 +600,10 @@ def _run_audit(args) -> int:
     settings = AuditSettings(
         bounds=tuple(b.strip() for b in args.bounds.split(",") if b.strip()), steps=args.steps,
         restarts=args.restarts, eot=args.eot, loss=args.loss, n_select=args.n_select, n=args.n, alpha=args.alpha,
-        budget_factor=args.budget_factor, max=args.max, seed=args.seed, batch_size=args.batch_size)
+        budget_factor=args.budget_factor, max=args.max, seed=args.seed, batch_size=args.batch_size,
+        attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()), cw_steps=args.cw_steps,
+        cw_search_steps=args.cw_search_steps, cw_lr_factor=args.cw_lr_factor, cw_const=args.cw_const,
+        precision=run.get("precision", "fp32"))  # the classifier as certified: same autocast
     settings.check()
     if args.data is None:
         if not recorded[2]:
