@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .certificates import smoothed_predict
+from .certificates import DEFAULT_PIXELDP_PROFILE, smoothed_predict
 from .sampler import prepare_for_sampling, sample_votes
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
@@ -134,13 +134,16 @@ class Stack(torch.nn.Module):
                             autocast_dtype=PRECISIONS[self.precision]).counts.cpu().numpy()
 
     def certify(self, x, n0: int = 100, n: int = 300, alpha: float = 0.001, batch_size: int = 256,
-                eta: float = 0.95, index=None):
+                eta: float = 0.95, index=None, pixeldp_profile: str = DEFAULT_PIXELDP_PROFILE):
         """Cohen et al.'s CERTIFY (n0 selection draws, n estimation draws, failure probability alpha)
         and the PixelDP size (confidence eta) on the same n draws.  ``index``: the image ids that seed
-        the noise (as `dpae certify`'s ``idx``; default 0, 1, ...)."""
+        the noise (as `dpae certify`'s ``idx``; default 0, 1, ...).  ``pixeldp_profile``: how the size
+        reads Gaussian noise, ``analytic`` (Balle and Wang's exact profile, docs/pixeldp-analytic.md) or
+        ``classical`` (the paper's calibration)."""
         from .certify import CertifySettings, certificates, sparse
 
-        settings = CertifySettings(n0=n0, n=n, alpha=alpha, eta=eta, batch_size=batch_size, seed=self.seed)
+        settings = CertifySettings(n0=n0, n=n, alpha=alpha, eta=eta, batch_size=batch_size, seed=self.seed,
+                                   pixeldp_profile=pixeldp_profile)
         settings.check()
         x, ids, single = self._batch(x, index)
         size = tuple(x.shape[-2:])
@@ -154,7 +157,8 @@ class Stack(torch.nn.Module):
         results = []
         for j, i in enumerate(ids):
             bounds = certificates(selection[j], estimation[j], noise=noise.kind, scale=noise.scale,
-                                  sensitivity=sensitivity, eps=noise.eps, delta=noise.delta, alpha=alpha, eta=eta)
+                                  sensitivity=sensitivity, eps=noise.eps, delta=noise.delta, alpha=alpha, eta=eta,
+                                  pixeldp_profile=pixeldp_profile)
             record = {"idx": i, **bounds, "undefended_predict": undefended[j], "counts": sparse(estimation[j]),
                       "selection_counts": sparse(selection[j]), "noise": noise.kind, "scale": noise.scale,
                       "sensitivity": sensitivity, "L": noise.L, "eps": noise.eps, "delta": noise.delta,
