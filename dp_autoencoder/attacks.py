@@ -267,6 +267,7 @@ class AttackSettings:
     n: int = 300
     alpha: float = 0.001
     eta: float = 0.95
+    pixeldp_profile: str = "analytic"  # certificates.PIXELDP_PROFILES; run.json files without it: classical
     skip: int = 1
     max: int | None = None
     seed: int = 0
@@ -325,6 +326,8 @@ def prepare_run(out: Path, wanted: dict, ignore=("batch_size", "images_per_step"
     run_file = out / "run.json"
     if run_file.exists():
         previous = json.loads(run_file.read_text())
+        if "pixeldp_profile" in wanted:
+            previous.setdefault("pixeldp_profile", "classical")  # attack runs from before the option
         changed = {k: (previous.get(k), v) for k, v in wanted.items() if previous.get(k) != v and k not in ignore}
         if changed:
             raise AttackError(f"{out} holds a run with other settings (" + "; ".join(
@@ -351,7 +354,8 @@ def _decide(model, x_adv, ids, keys_purpose: str, settings, num_classes, sensiti
     out = []
     for j in range(len(ids)):
         c = certificates(sel[j], est[j], noise=noise.kind, scale=noise.scale, sensitivity=sensitivity,
-                         eps=noise.eps, delta=noise.delta, alpha=settings.alpha, eta=settings.eta)
+                         eps=noise.eps, delta=noise.delta, alpha=settings.alpha, eta=settings.eta,
+                         pixeldp_profile=settings.pixeldp_profile)
         out.append({**c, "majority": int(np.argmax(est[j])),
                     "predict_abstain": int(smoothed_predict(est[j], settings.alpha)),
                     "counts": sparse(est[j]), "selection_counts": sparse(sel[j])})

@@ -195,7 +195,8 @@ def audit_image(model, x: torch.Tensor, record: dict, bound: str, settings: Audi
     else:
         violated, upper, other = pixeldp_violation(counts, c, settings.alpha)
         rec.update(p_c_upper=upper, other_lower=other, violation=violated,
-                   certificate_failure_rate=float(1 - record["eta"]))
+                   certificate_failure_rate=float(1 - record["eta"]),
+                   pixeldp_profile=record.get("pixeldp_profile", "classical"))  # how the audited size was read
     rec["time"] = time.perf_counter() - t0
     return rec
 
