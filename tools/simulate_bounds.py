@@ -49,7 +49,7 @@ def main() -> None:
         cert = C.pixeldp_certify(est, 1 - a, "gaussian", 1.0, 1.0, 1.0, 0.05)
         pixeldp += cert.predict != 0 and cert.size > 0
     rows += [("smoothing: wrong class or radius > true, n=300", smooth / m),
-             ("PixelDP: certified a wrong class, n=300", pixeldp / m)]
+             (f"PixelDP ({C.DEFAULT_PIXELDP_PROFILE}): wrong class certified, n=300", pixeldp / m)]
     print(f"alpha = {a}; each rate must be <= alpha (+ 3 s.e. = {3 * math.sqrt(a * (1 - a) / t):.4f})")
     for name, rate in rows:
         print(f"{name:50s} {rate:.4f}")
