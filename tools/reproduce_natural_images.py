@@ -28,13 +28,14 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from dp_autoencoder.autoencoder import NoiseConfig, load_autoencoder
-from dp_autoencoder.certify import CertifySettings, certify_dataset, read_records
+from dp_autoencoder.certify import CertifySettings, certify_dataset, read_records, resumed_pixeldp_profile
 from dp_autoencoder.classifiers import load_classifier
 from dp_autoencoder.imagenet import ImageNetFolder
 from dp_autoencoder.macs import autoencoder_macs, count_macs
@@ -202,6 +203,8 @@ def main(argv=None) -> int:
                                        max=args.max if data_name == "val" else quick_photos,
                                        precision=args.precision, sources=(str(checkpoint), CLASSIFIER, data_name))
             folder = Path(args.work) / data_name / slug(f"L{L:g}-{name}")
+            # PixelDP read as the work folder's run was (classical before the option), analytic for new ones
+            settings = replace(settings, pixeldp_profile=resumed_pixeldp_profile(folder, None))
             if not args.quiet:
                 print(f"{data_name}: L = {L:g}, {name}", flush=True)
             summary = certify_dataset(model, dataset, settings, folder, num_classes=1000, progress=not args.quiet,
@@ -256,13 +259,16 @@ prediction equals the undefended one and is certified at >= r.
 
 {table(rows, agreement=True)}
 """)
+    profiles = ", ".join(sorted({r.get("pixeldp_profile", "classical") for rows in results.values() for row in rows
+                                 for r in row["records"]})) or "-"
     text = f"""# Natural images: front-ends before a frozen ImageNet classifier
 
 Produced by `{command}` (certification: {minutes:.0f} min in all, summed over every row's images, resumed
 parts included) on {machine}; date {time.strftime('%Y-%m-%d')}. Classifier: the frozen EfficientNet-Lite0
 (`{CLASSIFIER}`, 224 x 224). Gaussian noise, eps = 1, delta = 0.05 (sigma = 2.5373 L); randomized smoothing:
 n0 = {args.n0} selection and n = {args.n} estimation draws, alpha = {args.alpha} (with n = {args.n} the largest
-radius any image can get is sigma Phi^-1(alpha^(1/n))); PixelDP: eta = 0.95. Noisy draws in {args.precision}.
+radius any image can get is sigma Phi^-1(alpha^(1/n))); PixelDP: eta = 0.95, {profiles} profile
+(docs/pixeldp-analytic.md). Noisy draws in {args.precision}.
 Every front-end sees the same images and the same noise seeds. Draws/s: noisy forward passes of the whole stack
 per second, during the certification run (slower whenever other jobs shared the CPU, as they did here for parts
 of it) and measured alone just before the report (300 draws of one image, batch 100); GMACs per draw: the
