@@ -100,21 +100,27 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.norm(dim=1) if norm == "l2" else flat.abs().amax(dim=1)
 
 
-def log_mean_softmax(model, x: torch.Tensor, draws: int, generators=None) -> torch.Tensor:
+def log_mean_softmax(model, x: torch.Tensor, draws: int, generators=None,
+                     autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """log of the mean softmax over ``draws`` noise draws, (B, K); plain log-softmax for a deterministic model.
 
     ``generators``: one torch.Generator per image (noise protocol), or a list whose first one serves the
-    batch (a module taking ``generator=``).
+    batch (a module taking ``generator=``).  ``autocast_dtype``: the forwards after the noise run under
+    autocast in that dtype (as ``sample_votes`` runs them for a bf16 certificate).
     """
     b = len(x)
+    amp = dict(device_type=x.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
     if has_noise_protocol(model):
         z = model.pre_noise(x)
         noise = torch.stack([model.sample_noise((draws, *z.shape[1:]), g, z.device, z.dtype) for g in generators])
-        logits = model.logits_from_noisy((z.unsqueeze(1) + noise).flatten(0, 1), tuple(x.shape[-2:]))
+        with torch.autocast(**amp):
+            logits = model.logits_from_noisy((z.unsqueeze(1) + noise).flatten(0, 1), tuple(x.shape[-2:]))
     elif _takes_generator(model):
-        logits = model(x.repeat_interleave(draws, 0), generator=generators[0])
+        with torch.autocast(**amp):
+            logits = model(x.repeat_interleave(draws, 0), generator=generators[0])
     else:
-        return F.log_softmax(model(x).float(), -1)
+        with torch.autocast(**amp):
+            return F.log_softmax(model(x).float(), -1)
     logp = F.log_softmax(logits.float().view(b, draws, -1), -1)
     return torch.logsumexp(logp, 1) - math.log(draws)
 
@@ -191,7 +197,8 @@ def check_attack_args(eps, norm, steps, restarts, eot, loss, step_size=None) -> 
 
 def pgd(model: nn.Module, x: torch.Tensor, y, eps: float, *, norm: str = "l2", steps: int = 20, restarts: int = 1,
         step_size: float | None = None, eot: int = 1, loss: str = "ce", target=None, random_start: bool = True,
-        seed: int = 0, keys=None, eval_draws: int | None = None) -> AttackResult:
+        seed: int = 0, keys=None, eval_draws: int | None = None,
+        autocast_dtype: torch.dtype | None = None) -> AttackResult:
     """PGD-L2 / PGD-Linf with random restarts and expectation over the noise (see the module docstring).
 
     ``x``: (B, C, H, W) in [0, 1]; ``y``: the true (or reference) class per image, the one to move away
@@ -199,6 +206,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y, eps: float, *, norm: str = "l2", s
     image (default 0..B-1); the random start of restart r comes from (seed, key, "pgd-start", r), the
     EOT noise from (seed, key, "pgd-eot", r) and the evaluation draws that rank the restarts from
     (seed, key, "pgd-eval", r), each on x's device.  ``eval_draws`` defaults to ``eot``.
+    ``autocast_dtype``: run the forwards under autocast (the precision the model was certified at).
     Returns the kept adversarial images with their norms and success margins.
     """
     check_attack_args(eps, norm, steps, restarts, eot, loss, step_size)
@@ -232,7 +240,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y, eps: float, *, norm: str = "l2", s
                 for _ in range(steps if eps > 0 else 0):
                     delta.requires_grad_(True)
                     with torch.enable_grad():
-                        logp = log_mean_softmax(model, x + delta, draws, noise_gens)
+                        logp = log_mean_softmax(model, x + delta, draws, noise_gens, autocast_dtype)
                         obj = _objective(logp, y, target, loss).sum()
                         (grad,) = torch.autograd.grad(obj, delta)
                     delta = _project(delta.detach() + step * _direction(grad, norm), eps, norm)
@@ -240,7 +248,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y, eps: float, *, norm: str = "l2", s
                 x_adv = (x + delta.detach()).clamp(0, 1)
                 with torch.no_grad():
                     eval_gens = [generator(seed, k, "pgd-eval", r, device=device) for k in keys] if stochastic else None
-                    margin = success_margin(log_mean_softmax(model, x_adv, eval_n, eval_gens), y, target).float()
+                    margin = success_margin(log_mean_softmax(model, x_adv, eval_n, eval_gens, autocast_dtype), y,
+                                            target).float()
                 better = margin > best_margin
                 best_x[better] = x_adv[better]
                 best_margin = torch.where(better, margin, best_margin)
@@ -254,8 +263,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y, eps: float, *, norm: str = "l2", s
 # --------------------------------------------------------------------------- evaluation under attack
 
 
+METHODS = ("pgd", "cw")
+
+
 @dataclass(frozen=True)
 class AttackSettings:
+    method: str = "pgd"  # cw: Carlini-Wagner L2, the smallest perturbation per image (dp_autoencoder.cw)
     norm: str = "l2"
     budgets: tuple = (0.0, 0.25, 0.5, 1.0)
     steps: int = 20
@@ -273,9 +286,29 @@ class AttackSettings:
     seed: int = 0
     batch_size: int = 256
     images_per_step: int = 4
+    cw_steps: int = 100  # Adam steps per constant
+    cw_search_steps: int = 6  # binary-search rounds over the constant c
+    cw_lr: float = 0.01  # Adam's learning rate, per pixel
+    cw_const: float = 1.0  # the first c
+    cw_kappa: float = 0.0  # confidence margin
+    cw_targets: tuple = ("untargeted", "runner-up")
     sources: tuple = ()  # (autoencoder sha, classifier identity, data): what was attacked, for the resume check
 
     def check(self) -> None:
+        if self.method not in METHODS:
+            raise AttackError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "cw" and self.norm != "l2":
+            raise AttackError(f"--method cw is an L2 attack; --norm {self.norm} needs --method pgd")
+        from .cw import CW_TARGETS
+
+        if not self.cw_targets or any(t not in CW_TARGETS for t in self.cw_targets):
+            raise AttackError(f"--cw-targets must be a comma list of {', '.join(CW_TARGETS)}, got "
+                              f"{','.join(self.cw_targets)!r}")
+        for name in ("cw_lr", "cw_const"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise AttackError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.cw_kappa) and self.cw_kappa >= 0):
+            raise AttackError(f"--cw-kappa must be a finite number >= 0, got {self.cw_kappa}")
         if self.norm not in NORMS:
             raise AttackError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.loss not in LOSSES:
@@ -287,7 +320,8 @@ class AttackSettings:
                 raise AttackError(f"--budgets must be finite numbers >= 0, got {t!r}")
         if len(set(self.budgets)) != len(self.budgets):
             raise AttackError(f"--budgets has a repeated value: {', '.join(f'{t:g}' for t in self.budgets)}")
-        for name in ("steps", "restarts", "eot", "n0", "n", "skip", "batch_size", "images_per_step"):
+        for name in ("steps", "restarts", "eot", "n0", "n", "skip", "batch_size", "images_per_step", "cw_steps",
+                     "cw_search_steps"):
             if getattr(self, name) < 1:
                 raise AttackError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max is not None and self.max < 1:
@@ -301,6 +335,7 @@ class AttackSettings:
     def to_json(self) -> dict:
         d = asdict(self)
         d["budgets"] = [float(t) for t in self.budgets]
+        d["cw_targets"] = list(self.cw_targets)
         d["sources"] = [list(s) if isinstance(s, tuple) else s for s in self.sources]
         return d
 
@@ -321,13 +356,18 @@ def parse_budgets(text: str) -> tuple[float, ...]:
     return tuple(sorted(out))
 
 
-def prepare_run(out: Path, wanted: dict, ignore=("batch_size", "images_per_step")) -> None:
-    """Write run.json, or check that the one there holds the same settings (then the run resumes)."""
+# What run.json files from before an option was added meant by leaving it out.
+ATTACK_DEFAULTS_BEFORE = {"method": "pgd", "cw_steps": 100, "cw_search_steps": 6, "cw_lr": 0.01, "cw_const": 1.0,
+                          "cw_kappa": 0.0, "cw_targets": ["untargeted", "runner-up"], "pixeldp_profile": "classical"}
+
+
+def prepare_run(out: Path, wanted: dict, ignore=("batch_size", "images_per_step"), defaults=None) -> None:
+    """Write run.json, or check that the one there holds the same settings (then the run resumes).
+
+    ``defaults``: values of settings that older run.json files do not record (what they ran with)."""
     run_file = out / "run.json"
     if run_file.exists():
-        previous = json.loads(run_file.read_text())
-        if "pixeldp_profile" in wanted:
-            previous.setdefault("pixeldp_profile", "classical")  # attack runs from before the option
+        previous = {**(defaults or {}), **json.loads(run_file.read_text())}
         changed = {k: (previous.get(k), v) for k, v in wanted.items() if previous.get(k) != v and k not in ignore}
         if changed:
             raise AttackError(f"{out} holds a run with other settings (" + "; ".join(
@@ -474,13 +514,16 @@ def attack_dataset(model, dataset, settings: AttackSettings, out, num_classes: i
     indices = selected_indices(len(dataset), settings.skip, settings.max)
     if not indices:
         raise AttackError("the data holds no image to attack")
-    prepare_run(out, settings.to_json())
+    prepare_run(out, settings.to_json(), defaults=ATTACK_DEFAULTS_BEFORE)
+    cw = settings.method == "cw"
+    if cw:
+        from .cw import cw_attack_batch, minimal_norms, summarize_cw
     main_file = out / "attack.jsonl"
     done = {r["idx"] for r in read_records(main_file, repair=True)}
     todo = [i for i in indices if i not in done]
     sensitivities: dict[tuple, float] = {}
     loader = DataLoader(Subset(dataset, todo), batch_size=settings.images_per_step, num_workers=workers)
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), desc=f"attack {settings.norm}",
+    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), desc="attack cw" if cw else f"attack {settings.norm}",
                disable=not progress, dynamic_ncols=True)
     tally = {"n": 0, "undefended": 0, "defended": 0}
     top = budget_key(max(settings.budgets))
@@ -498,16 +541,20 @@ def attack_dataset(model, dataset, settings: AttackSettings, out, num_classes: i
                 size = tuple(x.shape[-2:])
                 if size not in sensitivities:
                     sensitivities[size] = model.sensitivity(size)
-                recs = attack_batch(model, x[good], labels[good], [ids[j] for j in good], settings, num_classes,
-                                    sensitivities[size])
+                recs = (cw_attack_batch if cw else attack_batch)(model, x[good], labels[good], [ids[j] for j in good],
+                                                                 settings, num_classes, sensitivities[size])
                 done_recs = {r["idx"]: r for r in recs}
             records = [done_recs.get(i) or {"idx": i, "label": int(labels[j]), "reference": -1, "status":
-                                           "refused: the image has NaN or Inf pixels", "budgets": {}}
+                                           "refused: the image has NaN or Inf pixels",
+                                           **({"method": "cw", "targets": {}} if cw else {"budgets": {}})}
                        for j, i in enumerate(ids)]
             append_records(f, records)
             for r in records:
                 tally["n"] += 1
-                if r["status"] == "ok":
+                if r["status"] == "ok" and cw:
+                    tally["undefended"] += minimal_norms(r, "undefended") > max(settings.budgets)
+                    tally["defended"] += minimal_norms(r, "defended") > max(settings.budgets)
+                elif r["status"] == "ok":
                     tally["undefended"] += r["budgets"][top]["undefended_correct"]
                     tally["defended"] += r["budgets"][top]["majority_correct"]
             bar.update(len(x))
@@ -517,7 +564,7 @@ def attack_dataset(model, dataset, settings: AttackSettings, out, num_classes: i
     seconds = time.perf_counter() - t_run
     by_idx = {r["idx"]: r for r in read_records(main_file)}
     records = [by_idx[i] for i in indices if i in by_idx]
-    summary = summarize_attacks(records, settings.budgets)
+    summary = summarize_cw(records, settings.budgets) if cw else summarize_attacks(records, settings.budgets)
     summary["norm"] = settings.norm
     if position:
         summary["seconds_this_run"] = seconds

@@ -6,14 +6,26 @@ For every image that a ``dpae certify`` run certified, and for each bound separa
   probability alpha_cert): attack at budget 0.999 r;
 * PixelDP, class c with robustness size s > 0 (Prop. 2 with confidence eta): attack at 0.999 s.
 
-Two PGD-L2 attacks with expectation over the noise (:func:`~dp_autoencoder.attacks.pgd`): untargeted
-(away from c) and targeted at the runner-up class (the second most voted class of the certify run's
-votes; the undefended classifier's second class when no other class got a vote).  ``n_select`` fresh
-draws at each attacked image pick the more damaging one (fewest votes for c for smoothing; smallest
-lead of c over the best other class for PixelDP); then ``n`` fresh draws at the chosen x' test the
-certified statement.  Every draw here comes from sampler purposes of its own, independent of the
-certify run's draws and of the attack's EOT noise; selecting the candidate on separate draws keeps
-exactly one test per image and bound, so the test's level holds.
+Candidate attacks, all with expectation over the noise and all inside the ball of radius budget:
+
+* ``pgd``: two PGD-L2 attacks (:func:`~dp_autoencoder.attacks.pgd`), untargeted (away from c) and
+  targeted at the runner-up class (the second most voted class of the certify run's votes; the
+  undefended classifier's second class when no other class got a vote);
+* ``cw``: Carlini-Wagner L2 (:func:`~dp_autoencoder.cw.carlini_wagner`, untargeted), which looks for
+  the *smallest* perturbation that moves the mean-softmax argmax.  Its perturbation is scaled back
+  to the budget where it is longer ("cw"); where it is shorter, the same direction is also tried
+  stretched to the budget ("cw-to-budget", clipped to [0, 1], which can only shorten it), since a
+  point just past the boundary barely moves the votes.  Adam's learning rate is
+  ``cw_lr_factor`` x budget / sqrt(pixels), so its first steps have about that fraction of the budget.
+
+``n_select`` fresh draws at each candidate pick the most damaging one (fewest votes for c for
+smoothing; smallest lead of c over the best other class for PixelDP; ties go to the first listed,
+PGD before C&W), recorded as ``chosen`` (and ``winner``: pgd or cw); then ``n`` fresh draws at the
+chosen x' test the certified statement.  Every draw here comes from sampler purposes of its own,
+independent of the certify run's draws and of the attacks' EOT noise; selecting the candidate on
+separate draws keeps exactly one test per image and bound, so the test's level holds.  The noisy
+forwards (attacks, selection and test) run at the certify run's precision (``precision``: fp32 or
+autocast bf16/fp16), because the certificate is about the classifier as it was run.
 
 What is tested, and when a violation is counted:
 
@@ -53,17 +65,23 @@ from scipy.stats import norm as _norm
 
 from .attacks import BOUNDS, LOSSES, AttackError, append_records, pgd, prepare_run
 from .certify import dense, read_records, sparse
+from .cw import carlini_wagner
 from .checkpoint import atomic_write_json
 from .sampler import sample_votes
 from .stats import clopper_pearson_upper, simultaneous_clopper_pearson
 
 SIZE_KEY = {"smoothing": "radius", "pixeldp": "pixeldp_size"}
 CLASS_KEY = {"smoothing": "predict", "pixeldp": "pixeldp_predict"}
+AUDIT_ATTACKS = ("pgd", "cw")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What audit run.json files from before these options were added ran with.
+AUDIT_DEFAULTS_BEFORE = {"attacks": ["pgd"], "precision": "fp32"}
 
 
 @dataclass(frozen=True)
 class AuditSettings:
     bounds: tuple = BOUNDS
+    attacks: tuple = AUDIT_ATTACKS
     steps: int = 40
     restarts: int = 2
     eot: int = 16
@@ -72,6 +90,11 @@ class AuditSettings:
     n: int = 1000
     alpha: float = 0.001
     budget_factor: float = 0.999
+    cw_steps: int = 20  # Adam steps per constant
+    cw_search_steps: int = 4  # binary-search rounds over c
+    cw_lr_factor: float = 0.25  # Adam's learning rate = factor x budget / sqrt(pixels)
+    cw_const: float = 1.0  # the first c
+    precision: str = "fp32"  # the certify run's: the noisy forwards run at it
     max: int | None = None
     seed: int = 0
     batch_size: int = 256
@@ -80,6 +103,20 @@ class AuditSettings:
     def check(self) -> None:
         if not self.bounds or any(b not in BOUNDS for b in self.bounds):
             raise AttackError(f"--bounds must be a comma list of {', '.join(BOUNDS)}, got {','.join(self.bounds)!r}")
+        if not self.attacks or any(a not in AUDIT_ATTACKS for a in self.attacks) or \
+                len(set(self.attacks)) != len(self.attacks):
+            raise AttackError(f"--attacks must be a comma list of {', '.join(AUDIT_ATTACKS)}, got "
+                              f"{','.join(self.attacks)!r}")
+        if self.precision not in PRECISIONS:
+            raise AttackError(f"precision must be one of {', '.join(PRECISIONS)} (the certify run's), got "
+                              f"{self.precision!r}")
+        for name in ("cw_steps", "cw_search_steps"):
+            if getattr(self, name) < 1:
+                raise AttackError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("cw_lr_factor", "cw_const"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise AttackError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
         if self.loss not in LOSSES:
             raise AttackError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for name in ("steps", "restarts", "eot", "n_select", "n", "batch_size"):
@@ -95,6 +132,7 @@ class AuditSettings:
     def to_json(self) -> dict:
         d = asdict(self)
         d["bounds"] = list(self.bounds)
+        d["attacks"] = list(self.attacks)
         d["sources"] = [list(s) if isinstance(s, tuple) else s for s in self.sources]
         return d
 
@@ -147,7 +185,41 @@ def _votes(model, x, idx, num, purpose, settings, num_classes) -> np.ndarray:
     with torch.inference_mode():
         z = model.pre_noise(x)
     return sample_votes(model, z, [idx], num, num_classes, tuple(x.shape[-2:]), settings.seed, purpose,
-                        settings.batch_size).counts[0].cpu().numpy()
+                        settings.batch_size, autocast_dtype=PRECISIONS[settings.precision]).counts[0].cpu().numpy()
+
+
+def into_ball(x: torch.Tensor, x_adv: torch.Tensor, budget: float, stretch: bool = False) -> torch.Tensor:
+    """x + delta scaled back into the L2 ball of radius ``budget`` (or, with ``stretch``, onto its sphere),
+    clipped to [0, 1]: clipping only shrinks |delta_i|, and the scale keeps a hair inside the ball."""
+    delta = x_adv - x
+    norm = float(delta.flatten().double().norm())
+    if norm == 0 or (norm <= budget and not stretch):
+        return x_adv
+    return (x + delta * (budget * (1 - 1e-6) / norm)).clamp(0, 1)
+
+
+def candidate_attacks(model, x, c: int, second: int, budget: float, idx: int, bound: str,
+                      settings: AuditSettings) -> dict:
+    """The candidate attacked images inside the ball (see the module docstring), by name."""
+    amp = PRECISIONS[settings.precision]
+    out = {}
+    if "pgd" in settings.attacks:
+        common = dict(norm="l2", steps=settings.steps, restarts=settings.restarts, eot=settings.eot,
+                      loss=settings.loss, seed=settings.seed, autocast_dtype=amp)
+        out["pgd-untargeted"] = pgd(model, x, [c], budget, keys=[(idx, "audit", bound, "untargeted")], **common).x_adv
+        out["pgd-targeted"] = pgd(model, x, [c], budget, target=[second], keys=[(idx, "audit", bound, "targeted")],
+                                  **common).x_adv
+    if "cw" in settings.attacks and budget > 0:
+        lr = settings.cw_lr_factor * budget / float(np.sqrt(x[0].numel()))
+        found = carlini_wagner(model, x, [c], steps=settings.cw_steps, search_steps=settings.cw_search_steps,
+                               initial_const=settings.cw_const, lr=lr, eot=settings.eot, seed=settings.seed,
+                               keys=[(idx, "audit", bound, "cw")], line_search=(1.0,),  # stretched below instead
+                               autocast_dtype=amp).x_adv
+        out["cw"] = into_ball(x, found, budget)
+        norm = float((found - x).flatten().double().norm())
+        if 0 < norm < budget:
+            out["cw-to-budget"] = into_ball(x, found, budget, stretch=True)
+    return out
 
 
 def _damage(bound: str, counts: np.ndarray, c: int) -> float:
@@ -167,22 +239,21 @@ def audit_image(model, x: torch.Tensor, record: dict, bound: str, settings: Audi
     with torch.inference_mode():
         scores = model.classifier(x)[0]
     second = runner_up(record, c, num_classes, scores)
-    common = dict(norm="l2", steps=settings.steps, restarts=settings.restarts, eot=settings.eot, loss=settings.loss,
-                  seed=settings.seed)
-    candidates = {
-        "untargeted": pgd(model, x, [c], budget, keys=[(idx, "audit", bound, "untargeted")], **common),
-        "targeted": pgd(model, x, [c], budget, target=[second], keys=[(idx, "audit", bound, "targeted")], **common),
-    }
-    select = {name: _votes(model, a.x_adv, idx, settings.n_select, f"audit-{bound}-select-{name}", settings,
-                           num_classes) for name, a in candidates.items()}
-    chosen = min(candidates, key=lambda name: _damage(bound, select[name], c))  # ties -> untargeted
-    attack = candidates[chosen]
-    counts = _votes(model, attack.x_adv, idx, settings.n, f"audit-{bound}-test", settings, num_classes)
-    distance = float(attack.norm[0])
+    candidates = candidate_attacks(model, x, c, second, budget, idx, bound, settings)
+    attack_seconds = time.perf_counter() - t0
+    # sampler purposes as before C&W joined, so a PGD-only audit draws the same noise as before
+    purpose = {"pgd-untargeted": "untargeted", "pgd-targeted": "targeted"}
+    select = {name: _votes(model, a, idx, settings.n_select, f"audit-{bound}-select-{purpose.get(name, name)}",
+                           settings, num_classes) for name, a in candidates.items()}
+    chosen = min(candidates, key=lambda name: _damage(bound, select[name], c))  # ties -> the first listed
+    x_adv = candidates[chosen]
+    counts = _votes(model, x_adv, idx, settings.n, f"audit-{bound}-test", settings, num_classes)
+    distances = {name: float((a - x).flatten().double().norm()) for name, a in candidates.items()}
+    distance = distances[chosen]
     rec = {"idx": idx, "label": int(record["label"]), "bound": bound, "certified_class": c, "certified_size": size,
-           "budget": budget, "runner_up": second, "chosen": chosen, "distance": distance,
-           "within_budget": bool(distance <= budget * (1 + 1e-5)),
-           "attack_margins": {name: float(a.margin[0]) for name, a in candidates.items()},
+           "budget": budget, "runner_up": second, "chosen": chosen, "winner": chosen.split("-")[0],
+           "distance": distance, "within_budget": bool(distance <= budget * (1 + 1e-5)),
+           "distances": distances, "precision": settings.precision, "attack_time": attack_seconds,
            "select_counts": {name: sparse(v) for name, v in select.items()}, "counts": sparse(counts), "n": settings.n,
            "p_c_hat": float(counts[c] / settings.n), "majority": int(np.argmax(counts)),
            "majority_changed": bool(int(np.argmax(counts)) != c), "alpha": settings.alpha}
@@ -236,7 +307,9 @@ def summarize_audit(records: list[dict], bounds) -> dict:
              "mean_distance": float(np.mean([r["distance"] for r in rows])) if rows else None,
              "mean_p_c_hat": float(np.mean([r["p_c_hat"] for r in rows])) if rows else None,
              "min_p_c_upper": float(min(r["p_c_upper"] for r in rows)) if rows else None,
-             "chosen_targeted": sum(r["chosen"] == "targeted" for r in rows),
+             "chosen": {name: sum(r["chosen"] == name for r in rows) for name in sorted({r["chosen"] for r in rows})},
+             "won_by_cw": sum(r.get("winner") == "cw" for r in rows),
+             "precision": rows[0].get("precision", "fp32") if rows else None,
              "certificate_failure_rate": cert_rate, "alpha_audit": alpha,
              "expected_false_certificates": cert_rate * n, "expected_false_alarms": (alpha or 0.0) * n,
              "p_value": false_alarm_pvalue(violations, n, cert_rate + (alpha or 0.0))}
@@ -259,6 +332,9 @@ def format_audit(summary: dict) -> str:
             f"{name}: {s['audited']} certified images attacked at {s['mean_budget']:.3f} mean budget "
             f"(mean distance {s['mean_distance']:.3f}); significant violations {s['violations']}{extra}; "
             f"majority vote changed {s['majority_changed']}; mean p_c at x' {s['mean_p_c_hat']:.3f}")
+        if s.get("chosen"):
+            lines.append("  strongest attack per image: " + ", ".join(f"{k} {v}" for k, v in s["chosen"].items()) +
+                         f" (C&W won {s['won_by_cw']}); noisy forwards at {s['precision']}")
         lines.append(
             f"  expected if every certificate is sound: false certificates {s['expected_false_certificates']:.3f} "
             f"(rate {s['certificate_failure_rate']:g}) + audit false alarms {s['expected_false_alarms']:.3f} "
@@ -275,7 +351,7 @@ def audit_certified(model, dataset, certify_records: list[dict], settings: Audit
     check_certify_records(certify_records)
     out = Path(out)
     pairs = certified_records(certify_records, settings.bounds, settings.max)
-    prepare_run(out, settings.to_json(), ignore=("batch_size",))
+    prepare_run(out, settings.to_json(), ignore=("batch_size",), defaults=AUDIT_DEFAULTS_BEFORE)
     main_file = out / "audit.jsonl"
     done = {(r["idx"], r["bound"]) for r in read_records(main_file, repair=True)}
     todo = [(r, b) for r, b in pairs if (r["idx"], b) not in done]
