@@ -7,7 +7,11 @@ noise, L1 -> L1 for Laplace noise), so an input change of norm r moves g(x) by a
 PixelDP (Lecuyer et al., IEEE S&P 2019).  Prop. 1: if the expected scores A(x) of an
 (eps, delta)-PixelDP model satisfy ``E[A_k] > e^{2 eps} max_{i != k} E[A_i] + (1 + e^eps) delta``,
 no attack of size <= L changes the prediction k.  Prop. 2: the same with a lower bound on E[A_k] and
-upper bounds on the others that hold together with probability >= eta.
+upper bounds on the others that hold together with probability >= eta.  The robustness size (the largest
+attack size L' for which the fixed noise is (eps', delta')-DP with a pair that satisfies Prop. 2) reads
+Gaussian noise through the exact privacy profile delta(eps') of Balle & Wang (ICML 2018, Thm 8) by
+default ("analytic"), or through the classical sqrt(2 ln(1.25/delta')) calibration ("classical"); see
+docs/pixeldp-analytic.md for the proofs.
 
 Randomized smoothing (Cohen, Rosenfeld, Kolter, ICML 2019; Laplace/L1: Teng, Lee, Yuan, ICLR 2020):
 if the smoothed classifier's top class has probability >= p_A > 1/2, the prediction is constant
