@@ -1,8 +1,9 @@
 """Image sources: Fashion-MNIST (idx files), folders of images, and procedural dead leaves.
 
 Every dataset yields ``(image, label)`` with ``image`` a float tensor in [0, 1] of shape
-(C, H, W) and ``label`` an int (-1 when unknown).  A folder image that cannot be read
-yields ``None``; ``collate_skipping`` drops those and counts them.
+(C, H, W) and ``label`` an int (-1 when unknown).  A folder image that cannot be read raises
+DataError naming it; for training (``skip_unreadable``) it yields ``None`` after a warning naming
+it, and ``collate_skipping`` drops those and counts them.  ``read_image`` says which images decode.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,10 +111,67 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     return files
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_8_bit(im: Image.Image, path) -> Image.Image:
+    """Pillow's convert("L"/"RGB") clips 16-bit grey at 255 (a nearly white image): scale it instead."""
+    arr = np.asarray(im)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise DataError(f"cannot read image {path}: {im.mode} pixels outside 0..65535 (not a 16-bit image)")
+    return Image.fromarray(((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+
+
+def read_image(path, mode: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode ``path`` as an 8-bit ``mode`` ("L" or "RGB") image, or raise DataError naming the file.
+
+    Alpha is dropped (the colour stored under transparent pixels is kept, as torchvision and timm do);
+    palette, CMYK and 16-bit RGB(A) images go through Pillow's conversions; 16-bit grey is scaled to
+    8 bits; 32-bit float images are refused (their value range is unknown).  An image over Pillow's
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 Mpx by default) is refused from its
+    header, before any pixel is decoded.  ``draft_size``: let JPEG decode at 1/2 to 1/8 scale while
+    keeping at least this size.
+    """
+    path = Path(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DataError(f"cannot read image {path}: the file is empty (0 bytes)")
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit (and decodes): refuse the whole band.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            w, h = im.size
+            if limit and w * h > limit:
+                raise DataError(
+                    f"refusing image {path}: it is {w} x {h} = {w * h / 1e6:.1f} Mpx, over the {limit / 1e6:.1f} Mpx "
+                    "decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS); nothing was decoded. Downscale it "
+                    "(the models see a few hundred pixels), or raise the limit if you trust the file")
+            if draft_size is not None:
+                im.draft("RGB", draft_size)
+            if im.mode == "F":
+                raise DataError(f"cannot read image {path}: 32-bit float pixels have no known range; "
+                                "save it as an 8- or 16-bit image")
+            if im.mode in SIXTEEN_BIT_MODES:
+                return _to_8_bit(im, path).convert(mode)
+            if im.mode == "P":  # via RGBA: a palette's transparency is then plain alpha, dropped below
+                im = im.convert("RGBA")
+            return im.convert(mode)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"refusing image {path}: {e} Nothing was decoded; downscale it, or raise "
+                        "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path}: not an image format Pillow recognises") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
 def load_image(path, image_size: int, channels: int) -> torch.Tensor:
-    """Open, convert to L or RGB, resize the shorter side to ``image_size``, center crop."""
-    with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
+    """Read (see ``read_image``) as L or RGB, resize the shorter side to ``image_size``, center crop."""
+    with read_image(path, "L" if channels == 1 else "RGB") as im:
         w, h = im.size
         scale = image_size / min(w, h)
         im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))),
@@ -126,14 +185,16 @@ def load_image(path, image_size: int, channels: int) -> torch.Tensor:
 
 
 class ImageFolder(Dataset):
-    """Every image under ``root`` (searched recursively), or the given ``files``, center-cropped; labels -1
-    unless given; corrupt files yield None."""
+    """Every image under ``root`` (searched recursively; symlinked folders are not followed, so a link
+    loop is harmless), or the given ``files``, center-cropped; labels -1 unless given.  A file that
+    cannot be read raises DataError naming it, or with ``skip_unreadable`` (training) yields None
+    after a warning naming it."""
 
     def __init__(self, root, image_size: int, channels: int = 3, files: list[Path] | None = None,
-                 labels: list[int] | None = None):
+                 labels: list[int] | None = None, skip_unreadable: bool = False):
         self.files = files if files is not None else list_images(root)
         self.labels = labels if labels is not None else [-1] * len(self.files)
-        self.image_size, self.channels = image_size, channels
+        self.image_size, self.channels, self.skip_unreadable = image_size, channels, skip_unreadable
 
     def __len__(self) -> int:
         return len(self.files)
@@ -141,7 +202,10 @@ class ImageFolder(Dataset):
     def __getitem__(self, i: int):
         try:
             return load_image(self.files[i], self.image_size, self.channels), self.labels[i]
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        except DataError as e:
+            if not self.skip_unreadable:
+                raise
+            warnings.warn(f"skipped: {e}", stacklevel=1)
             return None
 
 
@@ -191,12 +255,12 @@ class RandomCrops(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, k])
         i = int(rng.integers(len(self.files)))
         try:
-            with Image.open(self.files[i]) as im:
-                # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still leaves 2x the training size.
-                im.draft("RGB", (2 * self.image_size, 2 * self.image_size))
-                im = im.convert("L" if self.channels == 1 else "RGB")
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still leaves 2x the training size.
+            with read_image(self.files[i], "L" if self.channels == 1 else "RGB",
+                            draft_size=(2 * self.image_size, 2 * self.image_size)) as im:
                 im = im.resize((self.image_size, self.image_size), Image.BICUBIC, box=self.crop_box(rng, *im.size))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except DataError as e:
+            warnings.warn(f"skipped: {e}", stacklevel=1)
             return None
         if rng.random() < 0.5:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -296,9 +360,9 @@ def training_data(data, image_size: int | None, channels: int | None, seed: int,
         if crop == "random":
             train_parts.append(RandomCrops(train_files, train_labels, image_size, channels, epoch_images, seed))
         else:
-            train_parts.append(ImageFolder(None, image_size, channels, train_files, train_labels))
+            train_parts.append(ImageFolder(None, image_size, channels, train_files, train_labels, skip_unreadable=True))
         val_parts.append(ImageFolder(None, image_size, channels, [files[i] for i in val_idx],
-                                     [labels[i] for i in val_idx]))
+                                     [labels[i] for i in val_idx], skip_unreadable=True))
     concat = torch.utils.data.ConcatDataset
     train = train_parts[0] if len(train_parts) == 1 else concat(train_parts)
     val = val_parts[0] if len(val_parts) == 1 else concat(val_parts)

@@ -31,10 +31,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .data import IMAGE_EXTENSIONS, DataError
+from .data import IMAGE_EXTENSIONS, DataError, read_image
 from .samples import center_crop
 
 NUM_CLASSES = 1000
@@ -181,6 +180,11 @@ class ImageNetFolder(Dataset):
             for d in subdirs:
                 if d.name not in index:
                     raise DataError(f"folder {d} is not named after an ImageNet-1k synset (like n01440764)")
+                target = d.resolve()
+                if d.is_symlink() and (target == root.resolve() or target in root.resolve().parents):
+                    # Its images would be every class's, listed again under this one.
+                    raise DataError(f"synset folder {d} is a symlink to {target}, the tree itself or a folder "
+                                    "above it: a loop")
             if loose:
                 raise DataError(f"{root} has synset folders but also loose images, e.g. {loose[0].name}")
             files, labels = [], []
@@ -211,12 +215,8 @@ class ImageNetFolder(Dataset):
         return len(self.files)
 
     def load(self, i: int):
-        path = self.files[i]
-        try:
-            with Image.open(path) as im:
-                return center_crop(im.convert("RGB"), self.image_size, self.crop_pct)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read image {path}: {e}") from None
+        with read_image(self.files[i], "RGB") as im:  # DataError naming the file when it cannot be read
+            return center_crop(im, self.image_size, self.crop_pct)
 
     def __getitem__(self, i: int):
         return self.load(i), self.labels[i]
