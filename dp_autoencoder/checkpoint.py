@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 FORMAT = "dp_autoencoder/1"
 CONFIG = "config.json"
@@ -57,17 +57,12 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 def _save_tensors(directory: Path, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{prefix}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        digest = sha256_file(tmp)
-        os.chmod(tmp, 0o644)
-        name = f"{prefix}-{digest[:16]}.safetensors"
-        os.replace(tmp, directory / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Serialized in memory and written like every other file: fsynced before config.json names it, and a
+    # full disk is an OSError (safetensors' save_file neither fsyncs nor reports one as an OSError).
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"{prefix}-{digest[:16]}.safetensors"
+    atomic_write_bytes(directory / name, data)
     return {"file": name, "sha256": digest}
 
 
@@ -84,6 +79,10 @@ def save_checkpoint(directory, tensors: dict[str, torch.Tensor], config: dict,
     for stale in directory.glob("*.safetensors"):
         if stale.name not in keep:
             stale.unlink(missing_ok=True)
+    # Temporary files of a save that was killed (kill -9 leaves them; any other exit removes its own).
+    for prefix in [CONFIG, *files]:
+        for leftover in directory.glob(f".{prefix}*.tmp"):
+            leftover.unlink(missing_ok=True)
     return directory
 
 
