@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from .autoencoder import Architecture, NoiseConfig, PixelDPAutoencoder, load_autoencoder, preset, save_autoencoder
-from .checkpoint import load_tensors, optimizer_from_tensors, optimizer_to_tensors
+from .checkpoint import atomic_write_bytes, load_tensors, optimizer_from_tensors, optimizer_to_tensors
 from .data import collate_skipping, set_epoch, training_data
 from .distributed import local_device, process_group, rank_world
 from .macs import autoencoder_macs
@@ -222,6 +223,9 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
     start_epoch, global_step = 0, 0
     if resume:
         model, config = load_autoencoder(out)
+        if "optimizer" not in config["files"] or "epochs_done" not in config.get("training", {}):
+            raise TrainingError(f"--resume: {out} holds an auto-encoder but no training state (epochs, optimizer); "
+                                "it was not written by dpae train, so there is nothing to continue")
         previous = _settings_from_checkpoint(config)
         if isinstance(previous.get("data"), str):
             previous["data"] = [previous["data"]]
@@ -256,6 +260,8 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
     log_path = out / "train_log.jsonl"
     if rank == 0 and not resume:
         log_path.unlink(missing_ok=True)
+    if rank == 0 and resume:
+        _keep_log_lines_up_to(log_path, start_epoch)
     use_amp = settings.precision == "bf16" or (settings.precision == "auto" and bf16_is_fast(device))
     classifier = None
     if settings.stability_classifier:
@@ -332,13 +338,18 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
                 "sensitivity": model.sensitivity(size), "images_per_s": seen * world / seconds,
                 "seconds": seconds, "skipped": skipped,
             }
+            # The log line goes first: a run stopped before the checkpoint that follows it leaves a line that
+            # the resumed run drops and writes again, rather than a checkpoint whose line is lost.
+            out.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
             opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
             save_autoencoder(model, out, size, extra_tensors={"optimizer": opt_tensors}, training={
                 "settings": asdict(settings), "epochs_done": epoch + 1, "steps": global_step,
                 "world_size": world, "optimizer": opt_meta, "val_psnr": val_psnr,
             })
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
             if progress:
                 print(f"epoch {epoch + 1}: train PSNR {record['train_psnr']:.2f} dB, val PSNR {val_psnr:.2f} dB "
                       f"(noisy), Delta {record['sensitivity']:.4f}, {record['images_per_s']:.0f} images/s",
@@ -346,6 +357,21 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         if world > 1:
             dist.barrier()
     return out
+
+
+def _keep_log_lines_up_to(log_path: Path, epochs_done: int) -> None:
+    """Drop the log lines of epochs the checkpoint does not hold, and a partial last line (a kill mid-write)."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_bytes().splitlines(keepends=True):
+        try:
+            complete = line.endswith(b"\n") and json.loads(line)["epoch"] <= epochs_done
+        except (ValueError, KeyError, TypeError):
+            complete = False
+        if complete:
+            kept.append(line)
+    atomic_write_bytes(log_path, b"".join(kept))
 
 
 def describe_checkpoint(directory) -> dict:
