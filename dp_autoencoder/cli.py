@@ -432,8 +432,9 @@ def _run_predict(args) -> int:
             continue
         pred = stack.predict(x, n=args.n, alpha=args.alpha, batch_size=args.batch_size, index=i,
                              abstain=not args.no_abstain)
-        correct += int(pred == label)
-        rows.append(f"{i}\t{label}\t{pred}\t{int(pred == label)}\t{time.perf_counter() - t0:.4f}")
+        hit = int(label >= 0 and pred == label)  # -1 means both "no label" and "abstained"
+        correct += hit
+        rows.append(f"{i}\t{label}\t{pred}\t{hit}\t{time.perf_counter() - t0:.4f}")
         bar.set_postfix(accuracy=f"{correct / count:.3f}")
     bar.close()
     print(f"accuracy {correct / max(len(indices), 1):.4f} over {len(indices)} images")
