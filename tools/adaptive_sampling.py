@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dp_autoencoder.adaptive import (DEFAULT_FUTILITY_BETA, DEFAULT_GROWTH, DEFAULT_N0, DEFAULT_N_MAX, DEFAULT_RATIO,
                                      DEFAULT_SLACK, certify_adaptive, plan, radius_threshold)
@@ -60,7 +61,11 @@ def machine() -> str:
             f"load average {load:.1f} at the end, torch {torch.__version__}, Python {platform.python_version()}")
 
 
-def measure_autoencoder(path: str, args, x: torch.Tensor, labels: np.ndarray, indices: list[int], log) -> list[dict]:
+def measure_autoencoder(path: str, args, x: torch.Tensor, labels: np.ndarray, indices: list[int], log,
+                        bar=None) -> list[dict]:
+    """``bar``: a progress bar advanced by one after each stage (selection, each fixed n, each radius), outside
+    the timed regions."""
+    step = bar.update if bar is not None else (lambda: None)
     autoencoder, config = load_autoencoder(path)
     model = DefendedClassifier(autoencoder, load_classifier(args.classifier)).eval()
     size = tuple(x.shape[-2:])
@@ -76,6 +81,7 @@ def measure_autoencoder(path: str, args, x: torch.Tensor, labels: np.ndarray, in
     t0 = time.perf_counter()
     selection = sample_votes(model, z, indices, args.fixed_n0, purpose="selection", **common).counts.numpy()
     t_sel = time.perf_counter() - t0
+    step()
     fixed = {}
     est, prev, seconds = 0, 0, t_sel
     for n in sorted(args.fixed_n):
@@ -89,6 +95,7 @@ def measure_autoencoder(path: str, args, x: torch.Tensor, labels: np.ndarray, in
                  for i in range(len(indices))]
         fixed[n] = (certs, seconds)
         log(f"{name}: fixed n0={args.fixed_n0} n={n}: {seconds:.1f} s")
+        step()
 
     for R in args.radii:
         t = radius_threshold(R, noise.kind, noise.scale, sensitivity)
@@ -127,6 +134,7 @@ def measure_autoencoder(path: str, args, x: torch.Tensor, labels: np.ndarray, in
         f300 = row["fixed"].get(str(args.fixed_n[0]), {})
         log(f"{name} R={R}: adaptive {draws.mean():.1f} draws/image, certified acc {adaptive_ok.mean():.3f} "
             f"(fixed n={args.fixed_n[0]}: {f300.get('certified_accuracy', float('nan')):.3f}), {seconds:.1f} s")
+        step()
     return rows
 
 
@@ -181,12 +189,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--json", default=None, help="write every number and per-image result here")
     p.add_argument("--doc", default=None, help="rewrite the results block of this markdown file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr; the table to stdout)")
     args = p.parse_args(argv)
+    quiet = vars(args).pop("quiet")  # not a setting: the JSON's "settings" stay as they were
     args.fixed_n = sorted(args.fixed_n)
     torch.set_num_threads(args.threads)
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    def log(msg):  # tqdm.write: the same line on stderr, with the bar moved out of its way
+        tqdm.write(msg, file=sys.stderr)
+        sys.stderr.flush()
 
     t_start = time.perf_counter()
     data = FashionMNIST("test", args.data_root)
@@ -194,8 +205,13 @@ def main(argv=None) -> int:
     x = torch.stack([data[i][0] for i in indices])
     labels = np.array([int(data[i][1]) for i in indices])
     rows = []
+    stages = 1 + len(args.fixed_n) + len(args.radii)  # selection draws, each fixed n, each radius (adaptive)
+    bar = tqdm(total=len(args.autoencoders) * stages, desc="adaptive sampling: auto-encoders x stages", unit="stage",
+               dynamic_ncols=True, file=sys.stderr, disable=quiet)
     for path in args.autoencoders:
-        rows += measure_autoencoder(path, args, x, labels, indices, log)
+        bar.set_postfix(autoencoder=Path(path).name)
+        rows += measure_autoencoder(path, args, x, labels, indices, log, bar)
+    bar.close()
     seconds = time.perf_counter() - t_start
     command = "python tools/adaptive_sampling.py " + " ".join(argv if argv is not None else sys.argv[1:])
     summary = table(rows, args)

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from dp_autoencoder.autoencoder import Architecture, NoiseConfig, PixelDPAutoencoder, load_autoencoder, preset
 from dp_autoencoder.certificates import pixeldp_certify
@@ -63,6 +64,15 @@ PAPER_LATENCY_S = {1: 0.01, 10: 0.02, 100: 0.13, 1000: 1.23}  # Lecuyer et al. 2
 RETRACTION = "parseval retraction only"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SEED = 0
+PROGRESS = True  # progress bars on stderr; main() sets it from --quiet (and gpu_benchmark.py from its own)
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar (rate and ETA) on stderr, so that the log on stdout stays clean. Callers update it only
+    between timed runs, never inside one; no monitor thread either, so nothing of tqdm runs while a clock does."""
+    tqdm.monitor_interval = 0
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, dynamic_ncols=True, file=sys.stderr, disable=not PROGRESS, **kwargs)
 
 
 def ints(text: str) -> list[int]:
@@ -256,7 +266,7 @@ def measure_floor(model, x1, candidates, reps, amp, device, min_draws, log) -> d
     """Seconds per draw of the post-noise model alone at each batch size: the median of ``reps`` runs of
     ceil(min_draws / batch) forwards each, after a warm-up forward (oneDNN / cuDNN pick kernels per shape)."""
     out = {}
-    for bs in candidates:
+    for bs in progress(candidates, desc="floor: batch sizes", unit="size"):
         forward, draws = floor_runner(model, x1, bs, bs, amp, device)
         forward()
         forward, draws = floor_runner(model, x1, bs, min_draws, amp, device)
@@ -324,7 +334,9 @@ def bench_throughput(stack, ours, ref, n_list, batch, floor_s, s: Settings, min_
     size = tuple(stack.images.shape[-2:])
     sensitivity = stack.model.sensitivity(size)
     rows = []
+    bar = progress(total=len(n_list) * s.reps, desc=f"throughput {stack.name}: n x reps", unit="run")
     for n in n_list:
+        bar.set_postfix(n=n)
         k = max(1, min(max_images, math.ceil(min_draws / n)))
         x = stack.images[:k].to(s.device)
         ids = list(range(k))
@@ -342,6 +354,7 @@ def bench_throughput(stack, ours, ref, n_list, batch, floor_s, s: Settings, min_
                 t_floor.append(clock(floor_fn, s.device) / floor_draws)
             t_ours.append(clock(run_ours, s.device))
             t_ref.append(clock(run_ref, s.device))
+            bar.update()  # after the clocks: not in any timed region
         mo, mr = median(t_ours), median(t_ref)
         fl = median(t_floor) if refloor else floor_s
         row = {"n": n, "images": k, "ours_s": mo, "reference_s": mr, "ours_runs_s": t_ours, "reference_runs_s": t_ref,
@@ -352,6 +365,7 @@ def bench_throughput(stack, ours, ref, n_list, batch, floor_s, s: Settings, min_
         rows.append(row)
         log(f"  n={n:>5} ({k} images): ours {k * n / mo:9.1f} draws/s, reference {k * n / mr:9.1f} draws/s, "
             f"ratio {mr / mo:5.2f}x, floor {fl * 1e3:.3f} ms/draw, efficiency {row['efficiency']:.2f}")
+    bar.close()
     return rows
 
 
@@ -373,7 +387,7 @@ def bench_latency(stack, ours, draws_list, batch, s: Settings, log) -> list[dict
     x1 = stack.images[:1].to(s.device)
     size = tuple(x1.shape[-2:])
     rows = []
-    for n in draws_list:
+    for n in progress(draws_list, desc=f"latency {stack.name}: n", unit="n"):
         def predict():
             with torch.inference_mode():
                 z = ours.pre_noise(x1)
@@ -420,12 +434,15 @@ def bench_training(stack, steps, s: Settings, log) -> dict:
     alone[RETRACTION] = []  # constrain_(.., "parseval") also computes the bound it returns; this is the step itself
     for m in methods:
         step(m)  # warm-up
+    bar = progress(total=s.reps * len(methods), desc=f"training step {stack.name}: reps x constraints", unit="run")
     for _ in range(s.reps):
         for m in methods:
             per_step[m].append(clock(lambda: [step(m) for _ in range(steps)], s.device) / steps)
+            bar.update()  # after the clock
         for m in methods[1:]:
             alone[m].append(clock(lambda: ae.constrain_(step_size, m, 0.05), s.device))
         alone[RETRACTION].append(clock(lambda: parseval_retraction_(ae.pre_noise_conv, 0.05), s.device))
+    bar.close()
     base = median(per_step["none"])
     out = {"batch": spec["batch"], "image_size": spec["size"], "steps_per_run": steps, "step_s": {},
            "constraint_alone_s": {}, "overhead": {}, "overhead_constraint_alone": {}, "load": load()}
@@ -652,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
     p.add_argument("--from-json", default=None, metavar="JSON",
                    help="measure nothing: rewrite --out from the raw numbers of an earlier run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (they go to stderr; the log stays on stdout)")
     return p
 
 
@@ -678,7 +696,9 @@ def resolve(args) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
+    global PROGRESS
     args = resolve(build_parser().parse_args(argv))
+    PROGRESS = not args.quiet
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())
         Path(args.out).write_text(render(result))
@@ -696,8 +716,9 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
+    def log(msg):  # tqdm.write: the same line on stdout, with the bars on stderr moved out of its way
+        tqdm.write(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", file=sys.stdout)
+        sys.stdout.flush()
 
     result = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": "python " + " ".join(shlex.quote(a) for a in ([os.path.relpath(__file__, REPO)] + list(
@@ -708,7 +729,7 @@ def main(argv=None) -> dict:
                            "imagenet_images": args.imagenet_images},
               "stacks": [], "notes": []}
     log(f"machine: {result['machine']}; load {result['load_start']}")
-    for name in args.stacks:
+    for name in progress(args.stacks, desc="benchmark: stacks", unit="stack", leave=True):
         log(f"[{name}] loading")
         big = name in ("inception", "efficientnet")
         n_list = args.imagenet_n if big else args.n

@@ -83,7 +83,7 @@ def cpu_vs_device(stack, device: torch.device, images: int, draws: int) -> dict:
     size = tuple(stack.images.shape[-2:])
     result = {"images": images, "draws": draws, "equal_images": 0, "differing_draws": 0, "max_vote_diff": 0,
               "max_abs_logit_diff": 0.0, "margins_of_differing_draws": []}
-    for i in range(images):
+    for i in bench.progress(range(images), desc=f"CPU vs {device.type}: images", unit="image"):
         z = cpu_model.pre_noise(stack.images[i:i + 1])
         noisy = z + cpu_model.sample_noise((draws, *z.shape[1:]), bench.generator(0, "cpu-vs-device", i))
         chunks = range(0, draws, 25)
@@ -112,7 +112,7 @@ def run_stack(name, args, device, log) -> dict:
         log(f"  {st['cpu_vs_device']['equal_images']}/{args.compare_images} images with equal votes, "
             f"{st['cpu_vs_device']['differing_draws']} of {args.compare_images * args.compare_draws} draws differ")
     stack.model.to(device)
-    for precision in args.precisions:
+    for precision in bench.progress(args.precisions, desc=f"{name}: precisions", unit="precision"):
         if not supported(precision, device):
             st["precisions"][precision] = {"skipped": f"{precision} autocast not supported on {device}"}
             continue
@@ -238,7 +238,9 @@ def main(argv=None) -> dict:
                    help="skip the CPU vs device vote comparison")
     p.add_argument("--natural-autoencoder", default=str(REPO / "pretrained" / "natural-ae-L0.1"))
     p.add_argument("--quick", action="store_true", help="reduced CPU mode for CI: n 10,20, batch 8, 1 image")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (they go to stderr; the log stays on stdout)")
     args = p.parse_args(argv)
+    bench.PROGRESS = not args.quiet
     if args.quick:
         args.n = args.n or [10, 20]
         args.batch_sizes = args.batch_sizes or [8]
@@ -255,15 +257,16 @@ def main(argv=None) -> dict:
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
     t_start = time.perf_counter()
 
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
+    def log(msg):  # tqdm.write: the same line on stdout, with the bars on stderr moved out of its way
+        bench.tqdm.write(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", file=sys.stdout)
+        sys.stdout.flush()
 
     result = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO)] +
                                               list(sys.argv[1:] if argv is None else argv)),
               "machine": device_info(device), "quick": args.quick, "stacks": []}
     log(f"device: {result['machine'].get('gpu', device)}")
-    for name in args.stacks.split(","):
+    for name in bench.progress(args.stacks.split(","), desc="gpu benchmark: stacks", unit="stack", leave=True):
         result["stacks"].append(run_stack(name, args, device, log))
     result["paper_comparison"] = paper_comparison(result)
     result["total_s"] = time.perf_counter() - t_start

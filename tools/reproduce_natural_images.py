@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from dp_autoencoder.autoencoder import NoiseConfig, load_autoencoder
 from dp_autoencoder.certify import CertifySettings, certify_dataset, read_records, resumed_pixeldp_profile
@@ -95,12 +96,13 @@ def build(classifier, checkpoint, L):
     return model, clf_macs + autoencoder_macs(autoencoder, tuple(classifier.prep.input_size[1:]))["per_draw"]
 
 
-def timed_draws_per_s(model, image, autocast, draws: int = 300) -> float:
+def timed_draws_per_s(model, image, autocast, draws: int = 300, progress: bool = False) -> float:
     """Draws/s of one image's certification loop measured alone (the second of two runs): the table's other
     speed column comes from the certification itself, slower whenever other jobs shared the CPU."""
     with torch.inference_mode():
         z = model.pre_noise(image[None])
-    for _ in range(2):
+    for _ in tqdm(range(2), desc="draws/s alone: runs", unit="run", leave=False, dynamic_ncols=True, file=sys.stderr,
+                  disable=not progress):  # the bar moves between the runs, outside the clock
         t0 = time.perf_counter()
         sample_votes(model, z, [0], draws, 1000, tuple(image.shape[-2:]), 0, "timing", batch_size=100,
                      autocast_dtype=autocast)
@@ -192,10 +194,14 @@ def main(argv=None) -> int:
         data["photos"] = Unlabeled(SamplePhotos(size, crop_pct))
     autocast = torch.bfloat16 if args.precision == "bf16" else None
     results = {name: [] for name in data}
-    for (name, L), checkpoint in front_ends(named).items():
+    ends = front_ends(named)
+    bar = tqdm(total=len(ends) * len(data), desc="natural images: front-ends x data sets", unit="run",
+               dynamic_ncols=True, file=sys.stderr, disable=args.quiet)
+    for (name, L), checkpoint in ends.items():
         model, macs = build(classifier, checkpoint, L)
         prepare_for_sampling(model)
-        alone = timed_draws_per_s(model, next(iter(data.values()))[0][0], autocast, 20 if args.quick else 300)
+        alone = timed_draws_per_s(model, next(iter(data.values()))[0][0], autocast, 20 if args.quick else 300,
+                                  progress=not args.quiet)
         for data_name, dataset in data.items():
             quick_photos = 2 if args.quick and data_name == "photos" else None
             settings = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
@@ -205,8 +211,9 @@ def main(argv=None) -> int:
             folder = Path(args.work) / data_name / slug(f"L{L:g}-{name}")
             # PixelDP read as the work folder's run was (classical before the option), analytic for new ones
             settings = replace(settings, pixeldp_profile=resumed_pixeldp_profile(folder, None))
-            if not args.quiet:
-                print(f"{data_name}: L = {L:g}, {name}", flush=True)
+            if not args.quiet:  # tqdm.write: the same line on stdout, with the bars on stderr moved out of its way
+                tqdm.write(f"{data_name}: L = {L:g}, {name}", file=sys.stdout)
+                sys.stdout.flush()
             summary = certify_dataset(model, dataset, settings, folder, num_classes=1000, progress=not args.quiet,
                                       autocast_dtype=autocast)
             shown = checkpoint and (checkpoint.resolve().relative_to(ROOT) if checkpoint.resolve().is_relative_to(ROOT)
@@ -214,6 +221,8 @@ def main(argv=None) -> int:
             results[data_name].append({"name": name, "L": L, "records": read_records(folder / "certify.jsonl"),
                                        "draws_per_s": summary["draws_per_s"], "alone": alone, "macs": macs,
                                        "checkpoint": shown})
+            bar.update()
+    bar.close()
     write_report(args, results, load_start)
     return 0
 

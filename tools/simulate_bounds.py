@@ -8,9 +8,11 @@ true one); each rate must be at most alpha up to simulation error.
 
 import argparse
 import math
+import sys
 
 import numpy as np
 from scipy.stats import norm
+from tqdm import tqdm
 
 from dp_autoencoder import certificates as C
 from dp_autoencoder import stats as S
@@ -21,6 +23,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=100_000)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr; the rates to stdout)")
     args = p.parse_args()
     rng, a, t = np.random.default_rng(args.seed), args.alpha, args.trials
     rows = []
@@ -42,7 +45,8 @@ def main() -> None:
     true_radius = norm.ppf(probs[0])
     m = min(t, 20_000)
     smooth = pixeldp = 0
-    for _ in range(m):
+    for _ in tqdm(range(m), desc="simulate: certificate trials", unit="trial", dynamic_ncols=True, file=sys.stderr,
+                  disable=args.quiet):
         sel, est = rng.multinomial(20, probs), rng.multinomial(300, probs)
         s = C.smoothed_certify(sel, est, a, "gaussian", 1.0, 1.0)
         smooth += (s.predict not in (0, C.ABSTAIN)) or s.radius > true_radius

@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="train with Gaussian noise of this std added to the [0, 1] pixels (Cohen et al.'s noise "
                         "training; the 'retrained with noise' ceiling of the reproduction). Default 0: clean")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (for timing a run; not for shipping)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr; the results to stdout)")
     args = p.parse_args(argv)
+    quiet = vars(args).pop("quiet")  # not a setting: the recorded command stays as it was
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -137,13 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     mean, std = PREP.mean[0], PREP.std[0]
 
     step, t0 = 0, time.time()
+    # one bar over every step of every epoch: the rate, and the ETA of the whole run
+    bar = tqdm(total=min(steps, args.max_steps or steps), desc=f"train: epoch 1/{args.epochs}", file=sys.stderr,
+               mininterval=5.0, dynamic_ncols=True, unit="step", disable=quiet)
     for epoch in range(args.epochs):
         model.train()
         g = generator(args.seed, "fmnist-classifier", epoch)
         order = torch.randperm(len(train_x), generator=g)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", file=sys.stdout,
-                   mininterval=5.0)
-        for b in bar:
+        bar.set_description(f"train: epoch {epoch + 1}/{args.epochs}", refresh=False)
+        for b in range(steps_per_epoch):
             idx = order[b * args.batch_size:(b + 1) * args.batch_size]
             x = augment(train_x[idx], g)
             if args.noise_sigma > 0:
@@ -155,15 +159,20 @@ def main(argv: list[str] | None = None) -> int:
             sched.step()
             step += 1
             if b % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
+            bar.update()
             if args.max_steps and step >= args.max_steps:
                 break
         if args.max_steps and step >= args.max_steps:
+            bar.close()
             print(f"stopped after {step} steps, {time.time() - t0:.0f} s ({(time.time() - t0) / step:.3f} s/step)")
             break
         model.eval()  # progress report only: nothing is selected on the test set
-        print(f"epoch {epoch + 1}: {time.time() - t0:.0f} s, test accuracy "
-              f"{accuracy(lambda x: model((x - mean) / std), test_x, test_y):.4f}", flush=True)
+        # tqdm.write: the same line on stdout, with the bar on stderr moved out of its way
+        tqdm.write(f"epoch {epoch + 1}: {time.time() - t0:.0f} s, test accuracy "
+                   f"{accuracy(lambda x: model((x - mean) / std), test_x, test_y):.4f}", file=sys.stdout)
+        sys.stdout.flush()
+    bar.close()
     seconds = time.time() - t0
     acc = accuracy(Classify(model, PREP), test_x, test_y)  # Classify freezes: training is over
     print(f"test accuracy {acc:.4f} after {seconds:.0f} s")
