@@ -555,7 +555,7 @@ def test_synset_folder_linked_to_its_tree(cmd, models, tmp_path, capsys):
 
 # --- uninterrupted runs to compare the interrupted ones with ------------------------------------------
 RESUMABLE = ("train", "certify", "attack", "audit")
-EPOCHS = 3
+EPOCHS = 4
 
 def is_timing(key: str) -> bool:
     return key in ("time", "seconds", "images_per_s") or key.startswith("time_") or key.endswith("_time")
@@ -567,17 +567,17 @@ class Workload:
     def __init__(self, models: Path, root: Path):
         self.models, self.root = models, root
         self.data = root / "photos"
-        write_photos(self.data, 16)
+        write_photos(self.data, 24)
         self.certified = root / "certified"
         assert dpae(*self.args("certify", self.certified)) == 0
         self._baselines: dict[str, Path] = {}
 
     def args(self, cmd, out: Path) -> list:
-        if cmd == "train":  # 3 epochs of 3 steps
+        if cmd == "train":  # epochs of 5 steps
             return ["train", "--data", self.data, "--image-size", SIZE, "--arch", "small", "--batch-size", 4,
                     "--val-images", 2, "--epochs", EPOCHS, "--seed", 1, "--quiet", "--out", out]
         stack = stack_args(self.models)
-        if cmd == "certify":  # 2 steps of 8 images
+        if cmd == "certify":  # 3 steps of 8 images
             return ["certify", *stack, "--data", self.data, "--n0", 4, "--n", 16, "--quiet", "--out", out]
         if cmd == "attack":
             return ["attack", *stack, "--data", self.data, "--max", 4, *DRAWS["attack"], "--quiet", "--out", out]
@@ -585,7 +585,7 @@ class Workload:
             return ["predict", *stack, "--data", self.data, "--max", 4, "--n", 8, "--quiet", "--out", out]
         if cmd == "recompute":
             return ["recompute", self.certified, "--alpha", 0.01, "--out", out]
-        return ["audit", "--certify-dir", self.certified, *stack, *DRAWS["audit"], "--max", 2, "--quiet", "--out", out]
+        return ["audit", "--certify-dir", self.certified, *stack, *DRAWS["audit"], "--max", 4, "--quiet", "--out", out]
 
     def baseline(self, cmd) -> Path:
         if cmd not in self._baselines:
