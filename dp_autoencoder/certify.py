@@ -255,6 +255,18 @@ def resumed_pixeldp_profile(out, requested: str | None) -> str:
     return DEFAULT_PIXELDP_PROFILE
 
 
+def same_sources(recorded, wanted) -> bool:
+    """The recorded sources are the wanted ones; the classifier ('spec:sha') is compared by its sha, so that
+    another spelling of the same checkpoint path resumes."""
+    def key(position, value):
+        digest = str(value).rpartition(":")[2]
+        return digest if position == 1 and len(digest) == 64 else value  # hub weights: the name is all there is
+
+    recorded, wanted = list(recorded or []), list(wanted or [])
+    return len(recorded) == len(wanted) and all(key(i, a) == key(i, b) for i, (a, b) in
+                                                enumerate(zip(recorded, wanted)))
+
+
 def _prepare_out(out: Path, settings: CertifySettings, rank: int) -> None:
     run_file = out / "run.json"
     wanted = settings.to_json()
@@ -263,7 +275,8 @@ def _prepare_out(out: Path, settings: CertifySettings, rank: int) -> None:
         previous.setdefault("precision", "fp32")  # run.json files from before the option
         previous.setdefault("pixeldp_profile", "classical")  # their sizes were read classically
         changed = {k: (previous.get(k), v) for k, v in wanted.items()
-                   if previous.get(k) != v and k not in ("batch_size", "images_per_step", "names")}
+                   if k not in ("batch_size", "images_per_step", "names")
+                   and not (same_sources(previous.get(k), v) if k == "sources" else previous.get(k) == v)}
         if changed:
             raise CertifyError(f"{out} holds a run with other settings (" + "; ".join(
                 f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items()) +

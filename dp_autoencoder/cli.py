@@ -421,7 +421,7 @@ def _run_predict(args) -> int:
         raise CertifyError("--n must be >= 1 and --alpha in (0, 1)")
     stack = _load_api_stack(args)
     dataset = _certify_data(args, stack.autoencoder.config, stack.classifier)
-    rows, correct = ["idx\tlabel\tpredict\tcorrect\ttime"], 0
+    rows, correct = ["idx\tlabel\tpredict\tcorrect\ttime\tstatus"], 0
     indices = selected_indices(len(dataset), args.skip, args.max)
     bar = tqdm(indices, desc="predict", disable=args.quiet, dynamic_ncols=True)
     for count, i in enumerate(bar, 1):
@@ -434,7 +434,7 @@ def _run_predict(args) -> int:
                              abstain=not args.no_abstain)
         hit = int(label >= 0 and pred == label)  # -1 means both "no label" and "abstained"
         correct += hit
-        rows.append(f"{i}\t{label}\t{pred}\t{hit}\t{time.perf_counter() - t0:.4f}")
+        rows.append(f"{i}\t{label}\t{pred}\t{hit}\t{time.perf_counter() - t0:.4f}\tok")
         bar.set_postfix(accuracy=f"{correct / count:.3f}")
     bar.close()
     print(f"accuracy {correct / max(len(indices), 1):.4f} over {len(indices)} images")

@@ -123,3 +123,15 @@ def test_certify_class_split_and_draws_per_s(models, tmp_path, capsys):
     # The split is part of what a resumed run must match.
     assert dpae(*base, "--class-split", "train", "--out", tmp_path / "val") == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_resume_accepts_another_spelling_of_the_same_classifier():
+    from dp_autoencoder.certify import same_sources
+
+    sha = "ab" * 32
+    assert same_sources(["ae", f"pretrained/fmnist-classifier:{sha}", "fashion-mnist"],
+                        ["ae", f"/abs/path/fmnist-classifier:{sha}", "fashion-mnist"])
+    assert not same_sources(["ae", f"x:{sha}", "d"], ["ae", f"x:{'cd' * 32}", "d"])
+    assert not same_sources(["ae", "resnet50:hub", "d"], ["ae", "vit_base_patch16_224:hub", "d"])
+    assert not same_sources(["ae", f"x:{sha}", "d"], ["ae", f"x:{sha}", "d", "class-split=val"])
+    assert not same_sources(["other-ae", f"x:{sha}", "d"], ["ae", f"x:{sha}", "d"])
