@@ -12,7 +12,9 @@ docs/results/fashion-mnist.md with its PNG figures:
   - the side by side at the L = 0.3 noise: noise on the input of the frozen classifier, the auto-encoder
     trained on reconstruction, the auto-encoder with the stability objective, and (a ceiling only) a
     classifier retrained with that noise; same certifier, same sigma;
-  - the soundness audit's counts.
+  - the soundness audit's counts;
+  - the PixelDP column read with both privacy profiles, classical and analytic (docs/pixeldp-analytic.md),
+    from the same votes.
 
 Every stage writes into --work and is skipped when its result is there (certification resumes image by
 image), so an interrupted run continues where it stopped.
@@ -20,6 +22,7 @@ image), so an interrupted run continues where it stopped.
 Examples:
   python tools/reproduce_fashion_mnist.py                  # the full run (under an hour on a 2-core CPU)
   python tools/reproduce_fashion_mnist.py --quick --out /tmp/r --work /tmp/w   # a smoke run (CI)
+  python tools/reproduce_fashion_mnist.py --profiles-only   # certification + the profile table only (~9 min)
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import torch
 from dp_autoencoder.attacks import AttackSettings, attack_dataset
 from dp_autoencoder.audit import AuditSettings, audit_certified
 from dp_autoencoder.autoencoder import load_autoencoder
-from dp_autoencoder.certify import CertifySettings, certify_dataset, read_records
+from dp_autoencoder.certificates import PIXELDP_PROFILES
+from dp_autoencoder.certify import CertifySettings, certify_dataset, read_records, recompute_record, resumed_pixeldp_profile
 from dp_autoencoder.classifiers import load_classifier
 from dp_autoencoder.data import FashionMNIST
 from dp_autoencoder.stack import DefendedClassifier, InputNoiseClassifier
@@ -78,7 +82,8 @@ def certified_curve(records: list[dict], key: str, correct_key: str, radii=CERT_
 def certify_stage(name: str, model, dataset, args, progress: bool) -> list[dict]:
     out = Path(args.work) / "certify" / name
     settings = CertifySettings(n0=args.n0, n=args.n, max=args.images, seed=args.seed,
-                               sources=(name, "fashion-mnist"))
+                               sources=(name, "fashion-mnist"),
+                               pixeldp_profile=resumed_pixeldp_profile(out, args.pixeldp_profile))
     certify_dataset(model, dataset, settings, out, num_classes=10, progress=progress)
     return read_records(out / "certify.jsonl")
 
@@ -97,6 +102,25 @@ def audit_stage(name: str, model, dataset, records: list[dict], args, progress: 
                              sources=(name, "fashion-mnist"))
     return audit_certified(model, dataset, records, settings, Path(args.work) / "audit" / name, num_classes=10,
                            progress=progress)
+
+
+def profile_rows(records: dict[str, list[dict]]) -> list[list[str]]:
+    """PixelDP certified accuracy at TABLE_RADII with each profile, from the same votes (no model run)."""
+    rows = []
+    for name, r in records.items():
+        curves = {p: certified_curve([recompute_record(x, pixeldp_profile=p) for x in r], "pixeldp_size",
+                                     "pixeldp_correct", TABLE_RADII) for p in PIXELDP_PROFILES}
+        rows += [[name, p] + [fmt(v) for v in c] for p, c in curves.items()]
+        rows.append([name, "gain (points)"] + [f"{100 * (a - c):+.1f}" for c, a in zip(*curves.values())])
+    return rows
+
+
+def profiles_of(records: dict[str, list[dict]]) -> str:
+    return ", ".join(sorted({x.get("pixeldp_profile", "classical") for r in records.values() for x in r}))
+
+
+def profile_table(records: dict[str, list[dict]]) -> str:
+    return table(["model", "PixelDP profile"] + [f"T = {t:g}" for t in TABLE_RADII], profile_rows(records))
 
 
 def fmt(x: float) -> str:
@@ -207,6 +231,11 @@ def main(argv=None) -> int:
     p.add_argument("--audit-draws", type=int, default=500, help="fresh draws testing each audited image (default 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: 8 images, few draws and attack steps")
+    p.add_argument("--pixeldp-profile", choices=PIXELDP_PROFILES, default=None,
+                   help="PixelDP profile of the certification tables (default: a work folder's own, classical for "
+                        "folders from before the option, else analytic); the profile table shows both anyway")
+    p.add_argument("--profiles-only", action="store_true",
+                   help="only certify the L = 0.1 / 0.3 / 1.0 stacks and print the classical-vs-analytic PixelDP table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.quick:
@@ -222,6 +251,10 @@ def main(argv=None) -> int:
     # --- certification: each L, both bounds ----------------------------------------------
     records = {name: certify_stage(folder, stack(folder, CLASSIFIER), dataset, args, progress)
                for name, folder in AUTOENCODERS.items()}
+    if args.profiles_only:
+        print(f"PixelDP certified accuracy (%), first {len(next(iter(records.values())))} test images, "
+              f"n0 = {args.n0}, n = {args.n}, eta = 0.95, from the votes in {args.work}/certify:\n{profile_table(records)}")
+        return 0
     comparison = {}
     for name, (ae, clf) in COMPARISON.items():
         tag = ae if clf == CLASSIFIER else f"{ae}+{clf}"  # the L = 0.3 stack is certified once, above
@@ -296,7 +329,8 @@ def write_report(out: Path, report: dict, seconds: float) -> None:
 
 Produced by `{command}` in {seconds / 60:.1f} min on {machine()} (date: {time.strftime('%Y-%m-%d')}).
 First {len(first)} test images; certification with n0 = {args['n0']}, n = {args['n']} draws, alpha = 0.001
-(smoothing), eta = 0.95 (PixelDP). Models: `pretrained/` (their cards say how each was trained).
+(smoothing), eta = 0.95 (PixelDP, {profiles_of(records)} profile). Models: `pretrained/` (their cards say how each
+was trained).
 
 ## Clean accuracy (the paper's Table II)
 
@@ -310,6 +344,14 @@ most voted class of the n draws (the paper's conventional accuracy).
 ![certified accuracy](fashion-mnist/certified-accuracy.png)
 
 {table(["model", "bound"] + [f"T = {t:g}" for t in TABLE_RADII], cert_rows)}
+
+## PixelDP: classical calibration against the exact privacy profile
+
+The votes above read with both profiles (no model run; docs/pixeldp-analytic.md): "classical" reads the noise
+through sigma = sqrt(2 ln(1.25/delta')) Delta L' / eps' (eps' <= 1), "analytic" through the Gaussian
+mechanism's exact (eps', delta(eps')) profile (Balle & Wang 2018). Certified accuracy in %.
+
+{profile_table(records)}
 
 ## Side by side at the same sigma (L = 0.3 construction); the figure shows the smoothing bound
 
