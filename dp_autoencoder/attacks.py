@@ -36,6 +36,9 @@ the plain majority, and PixelDP's Prop. 2 size.  Per budget: accuracy under atta
 Fig. 5 metrics at T in ``THRESHOLDS``: robust precision (correct among those certified at >= T on the
 attacked input) and certified fraction.  Images without a label (-1) are scored against the
 undefended classifier's clean prediction ("reference").
+
+``method="cw"`` (``dpae attack --method cw``) runs Carlini-Wagner L2 instead (:mod:`dp_autoencoder.cw`):
+per image and target the smallest perturbation found, and accuracy at each budget read from it.
 """
 
 from __future__ import annotations

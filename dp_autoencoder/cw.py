@@ -30,6 +30,7 @@ round) for the steps, one generator per image, so an image's attack does not dep
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -197,15 +198,9 @@ def second_class(counts, scores: torch.Tensor, c: int) -> int:
     return int(s.argmax())
 
 
-def _target_key(target: str, reference: int, runner_up: int):
-    return None if target == "untargeted" else runner_up
-
-
 def cw_attack_batch(model, x: torch.Tensor, labels, ids, settings, num_classes: int, sensitivity: float) -> list[dict]:
     """One record per image: for each target, C&W on the undefended classifier and (EOT) on the defended stack,
     the smallest perturbation found, and the defended decision on fresh draws at the attacked image."""
-    import time
-
     from .attacks import _decide
     from .certify import dense
 

@@ -47,9 +47,10 @@ BOUNDS = ("smoothing", "pixeldp")
 SIZE_KEY = {"smoothing": "radius", "pixeldp": "pixeldp_size"}
 BOUND_NAMES = {"smoothing": "randomized smoothing", "pixeldp": "PixelDP"}
 
-# Attack settings (dpae audit flags).  Fashion-MNIST: a draw costs ~1 ms; the photos: 100-300x that.
+# Attack settings (dpae audit flags), sized for the shared 2-core CPU: a Fashion-MNIST draw (forward and
+# backward) costs 1-10 ms there depending on the load, a photo draw 100-300x that.
 FULL = {
-    "fmnist": dict(steps=20, restarts=1, eot=8, cw_steps=20, cw_search_steps=3, n_select=100, n=1000),
+    "fmnist": dict(steps=20, restarts=1, eot=4, cw_steps=20, cw_search_steps=2, n_select=50, n=500),
     "natural": dict(steps=5, restarts=1, eot=2, cw_steps=5, cw_search_steps=2, n_select=16, n=100),
 }
 QUICK = {
