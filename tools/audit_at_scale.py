@@ -91,8 +91,8 @@ def audit_flags(settings: dict, bound: str, per_bound: int | None) -> list:
 
 
 def run_audits(name: str, certify_dir: Path, models: list, settings: dict, per_bound: int | None, work: Path,
-               quiet: bool) -> None:
-    for bound in BOUNDS:
+               quiet: bool, bounds=BOUNDS) -> None:
+    for bound in bounds:
         dpae("audit", "--certify-dir", certify_dir, *models, *audit_flags(settings, bound, per_bound),
              "--device", "cpu", *(["--quiet"] if quiet else []), "--out", work / f"audit-{name}-{bound}")
 
@@ -104,7 +104,7 @@ def run_fmnist(L: str, args, settings: dict) -> None:
     draws = ["--n0", 10, "--n", 30] if args.quick else ["--n0", 100, "--n", 300]
     dpae("certify", *models, "--data", "fashion-mnist", "--max", args.fmnist_images, *draws, "--device", "cpu",
          *(["--quiet"] if args.quiet else []), "--out", certify_dir)
-    run_audits(f"fmnist-L{L}", certify_dir, models, settings, args.fmnist_per_bound, work, args.quiet)
+    run_audits(f"fmnist-L{L}", certify_dir, models, settings, args.fmnist_per_bound, work, args.quiet, args.bounds)
 
 
 def natural_certify_dir(args) -> Path | None:
@@ -135,7 +135,8 @@ def natural_models(certify_dir: Path) -> list:
 def run_natural(args, settings: dict) -> None:
     d = natural_certify_dir(args)
     if d is not None:
-        run_audits("natural", d, natural_models(d), settings, args.natural_per_bound, Path(args.work), args.quiet)
+        run_audits("natural", d, natural_models(d), settings, args.natural_per_bound, Path(args.work), args.quiet,
+                   args.bounds)
 
 
 # --------------------------------------------------------------------------- the report
@@ -159,6 +160,14 @@ def set_report(name: str, label: str, certify_dir: Path, work: Path, settings: d
         return out
     cert = read_jsonl(certify_dir / "certify.jsonl")
     run = json.loads((certify_dir / "run.json").read_text())
+    if not (certify_dir / "summary.json").is_file() and not any(
+            (work / f"audit-{name}-{b}" / "audit.jsonl").is_file() for b in BOUNDS):
+        counts = certified_counts(cert)
+        out["missing"] = (f"its certify run `{certify_dir}` had not finished: {len(cert)} of "
+                          f"{run.get('max') or 'all'} images certified so far, {counts['smoothing']} by smoothing and "
+                          f"{counts['pixeldp']} by PixelDP; once it has, `python tools/audit_at_scale.py --parts "
+                          f"{name}` audits them and rewrites this report")
+        return out
     out["certify"] = {"images": len(cert), "certified": certified_counts(cert),
                       **{k: run.get(k) for k in ("n0", "n", "alpha", "eta", "precision", "pixeldp_profile", "max")}}
     for bound in BOUNDS:
@@ -277,6 +286,8 @@ def main(argv=None) -> int:
     p.add_argument("--parts", default="fmnist-L0.1,fmnist-L0.3,natural",
                    help="which parts to run: fmnist-L0.1, fmnist-L0.3, natural (default all)")
     p.add_argument("--report-parts", default=None, help="parts the report covers (default: all three)")
+    p.add_argument("--bounds", default="smoothing,pixeldp",
+                   help="which bounds' audits to run (default both; one process per bound runs them in parallel)")
     p.add_argument("--natural-certify", default=None,
                    help="a finished dpae certify folder of ImageNet photos (default in the full run: "
                         "runs/audit-scale/certify-natural-L0.1; --quick certifies 2 bundled photos itself)")
@@ -299,6 +310,9 @@ def main(argv=None) -> int:
     bad = [s for s in parts + args.report_parts if s not in known]
     if bad:
         p.error(f"unknown part(s) {', '.join(bad)}; choose from {', '.join(sorted(known))}")
+    args.bounds = tuple(b.strip() for b in args.bounds.split(",") if b.strip())
+    if not args.bounds or any(b not in BOUNDS for b in args.bounds):
+        p.error(f"--bounds must be a comma list of {', '.join(BOUNDS)}")
     if args.quick:
         args.fmnist_images, args.fmnist_per_bound = 6, 2
         args.natural_per_bound = 1 if args.natural_per_bound is None else args.natural_per_bound
