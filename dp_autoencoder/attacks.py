@@ -47,7 +47,7 @@ import inspect
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +296,7 @@ class AttackSettings:
     cw_kappa: float = 0.0  # confidence margin
     cw_targets: tuple = ("untargeted", "runner-up")
     sources: tuple = ()  # (autoencoder sha, classifier identity, data): what was attacked, for the resume check
+    names: dict = field(default_factory=dict, compare=False)  # the models as the user named them, for labels
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -364,7 +365,7 @@ ATTACK_DEFAULTS_BEFORE = {"method": "pgd", "cw_steps": 100, "cw_search_steps": 6
                           "cw_kappa": 0.0, "cw_targets": ["untargeted", "runner-up"], "pixeldp_profile": "classical"}
 
 
-def prepare_run(out: Path, wanted: dict, ignore=("batch_size", "images_per_step"), defaults=None) -> None:
+def prepare_run(out: Path, wanted: dict, ignore=("batch_size", "images_per_step", "names"), defaults=None) -> None:
     """Write run.json, or check that the one there holds the same settings (then the run resumes).
 
     ``defaults``: values of settings that older run.json files do not record (what they ran with)."""

@@ -533,7 +533,8 @@ def _run_attack(args) -> int:
     model, ae_config, num_classes, device = _load_stack(args)
     dataset = _certify_data(args, ae_config, model.classifier)
     settings = replace(settings, sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(model),
-                                          args.data, *_class_split_source(args)))
+                                          args.data, *_class_split_source(args)),
+                       names={"autoencoder": args.autoencoder, "classifier": args.classifier})
     summary = attack_dataset(model, dataset, settings, args.out, num_classes, device, progress=not args.quiet,
                              workers=args.workers)
     print(format_cw_table(summary) if settings.method == "cw" else format_attack_table(summary, settings.norm))

@@ -55,6 +55,7 @@ def test_report_tables_equal_the_summaries(runs, tmp_path, capsys):
     attack = json.loads((runs / "attack" / "summary.json").read_text())
     attack_rows = _table_rows(tmp_path / "accuracy-under-attack.md")
     assert [float(r[3]) for r in attack_rows] == [round(s["defended_accuracy"], 3) for s in attack["budgets"].values()]
+    assert attack_rows[0][0].startswith("fmnist-ae-L0.3 + fmnist-classifier, PGD-L2")
     tex = (tmp_path / "certified-accuracy.tex").read_text()
     assert tex.startswith("\\begin{tabular}") and "\\alpha" in tex and tex.count("\\\\") == len(rows) + 1
 
