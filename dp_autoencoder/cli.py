@@ -192,7 +192,7 @@ def _add_model_and_data(p) -> None:
                    help="keep the convs in NCHW (channels_last, the default, is 1.2-1.4x faster on the benchmark CPU)")
 
 
-PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+PRECISIONS = ("fp32", "bf16", "fp16")  # dtypes in api.PRECISIONS (torch is imported lazily)
 
 
 def _add_adaptive(p) -> None:
@@ -210,10 +210,9 @@ def _add_precision(p) -> None:
 
 
 def _autocast_dtype(args):
-    import torch
+    from .api import PRECISIONS as DTYPES
 
-    name = PRECISIONS[getattr(args, "precision", "fp32")]
-    return getattr(torch, name) if name else None
+    return DTYPES[getattr(args, "precision", "fp32")]
 
 
 def _add_certify(sub) -> None:
