@@ -56,7 +56,7 @@ def test_quick_natural_images_and_an_unfinished_certify_folder(tmp_path, tool, c
     assert st["certify"]["precision"] == "bf16"
     audited = [b for b in st["bounds"].values() if b["audited"]]
     assert audited and all(b["precision"] == "bf16" for b in audited)
-    # a certify folder still being written (no summary.json) is skipped, and the report says it is unfinished
+    # a certify folder still being written (no summary.json) is skipped, and the report says so
     unfinished = tmp_path / "running"
     unfinished.mkdir()
     (unfinished / "run.json").write_text((tmp_path / "certify-natural-quick" / "run.json").read_text())
@@ -66,8 +66,8 @@ def test_quick_natural_images_and_an_unfinished_certify_folder(tmp_path, tool, c
                 unfinished, "--work", tmp_path / "w2", "--out", tmp_path / "docs2") == 0
     assert "has not finished" in capsys.readouterr().out
     (st,) = json.loads((tmp_path / "docs2" / "audit.json").read_text())["sets"]
-    if any(st["certify"]["certified"].values()):
-        assert "(unfinished)" in (tmp_path / "docs2" / "audit.md").read_text()
+    assert "had not finished" in st["missing"] and "--parts natural" in st["missing"]
+    assert "not run (its certify run" in (tmp_path / "docs2" / "audit.md").read_text()
 
 
 def test_unknown_part_is_refused(tool):
