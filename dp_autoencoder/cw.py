@@ -65,10 +65,6 @@ def check_cw_args(steps, search_steps, initial_const, lr, kappa, eot, eval_draws
         raise AttackError(f"C&W kappa (the confidence margin) must be a finite number >= 0, got {kappa!r}")
 
 
-def _batch_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.ndim - 1)))
-
-
 def carlini_wagner(model: nn.Module, x: torch.Tensor, y, *, target=None, steps: int = 100, search_steps: int = 6,
                    initial_const: float = 1.0, lr: float = 0.01, kappa: float = 0.0, eot: int = 1,
                    eval_draws: int | None = None, seed: int = 0, keys=None, line_search=LINE_SEARCH,
