@@ -188,6 +188,16 @@ def _save(fig, path: Path) -> None:
             os.unlink(tmp)
 
 
+def _finish(plt, fig, ax, stem: Path) -> list[Path]:
+    """The legend below the axes (it never hides a curve), then the PNG and the SVG."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for p in paths:
+        _save(fig, p)
+    plt.close(fig)
+    return paths
+
+
 def _grid(runs: list[Run]) -> list[float]:
     top = max([r.get("radius", 0) for run in runs for r in run.records] +
               [r.get("pixeldp_size", 0) for run in runs for r in run.records] + [0.1])
@@ -216,12 +226,7 @@ def plot_certified(runs: list[Run], stem: Path) -> list[Path]:
     ax.set_xlim(0, grid[-1])
     ax.grid(alpha=0.3)
     ax.set_title("Certified accuracy: smoothing bound (solid), PixelDP bound (dashed)", fontsize=10)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for p in paths:
-        _save(fig, p)
-    plt.close(fig)
-    return paths
+    return _finish(plt, fig, ax, stem)
 
 
 def plot_attacks(runs: list[Run], stem: Path) -> list[Path]:
@@ -244,12 +249,7 @@ def plot_attacks(runs: list[Run], stem: Path) -> list[Path]:
     ax.set_ylabel("accuracy under attack")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for p in paths:
-        _save(fig, p)
-    plt.close(fig)
-    return paths
+    return _finish(plt, fig, ax, stem)
 
 
 def _write_text(path: Path, text: str) -> None:

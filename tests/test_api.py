@@ -11,20 +11,10 @@ import torch
 import dp_autoencoder
 from dp_autoencoder import api
 from dp_autoencoder.cli import main
-from dp_autoencoder.data import DataError, find_fashion_mnist
+from dp_autoencoder.data import DataError
+from conftest import needs_fashion_mnist as needs_fmnist
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def have_fashion_mnist() -> bool:
-    try:
-        find_fashion_mnist()
-        return True
-    except DataError:
-        return False
-
-
-needs_fmnist = pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST (dataset-fashion-mnist) absent")
 
 
 def test_all_names_resolve_and_version_matches_pyproject():

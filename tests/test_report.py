@@ -7,7 +7,7 @@ import pytest
 
 from dp_autoencoder.cli import main
 from dp_autoencoder.report import load_run, markdown_table
-from test_api import needs_fmnist
+from conftest import needs_fashion_mnist as needs_fmnist
 
 COMMON = ["--autoencoder", "fmnist-ae-L0.3", "--classifier", "fmnist-classifier", "--data", "fashion-mnist",
           "--max", "4", "--skip", "9", "--quiet"]
