@@ -56,7 +56,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .certificates import smoothed_predict
-from .certify import CertifyError, append_records, certificates, read_records, selected_indices, sparse
+from .certify import (CertifyError, append_records, certificates, check_run_context, read_records, run_context,
+                      selected_indices, sparse)
 from .checkpoint import atomic_write_json
 from .sampler import sample_votes
 from .seeding import generator
@@ -365,10 +366,13 @@ ATTACK_DEFAULTS_BEFORE = {"method": "pgd", "cw_steps": 100, "cw_search_steps": 6
                           "cw_kappa": 0.0, "cw_targets": ["untargeted", "runner-up"], "pixeldp_profile": "classical"}
 
 
-def prepare_run(out: Path, wanted: dict, ignore=("batch_size", "images_per_step", "names"), defaults=None) -> None:
+def prepare_run(out: Path, wanted: dict, ignore=("batch_size", "images_per_step", "names"), defaults=None,
+                context: dict | None = None) -> None:
     """Write run.json, or check that the one there holds the same settings (then the run resumes).
 
-    ``defaults``: values of settings that older run.json files do not record (what they ran with)."""
+    ``defaults``: values of settings that older run.json files do not record (what they ran with).
+    ``context``: the device and data fingerprint (``certify.run_context``), recorded beside the settings; a
+    resume on another device type or on changed data is refused (older run.json files without them resume)."""
     run_file = out / "run.json"
     if run_file.exists():
         previous = {**(defaults or {}), **json.loads(run_file.read_text())}
@@ -377,9 +381,11 @@ def prepare_run(out: Path, wanted: dict, ignore=("batch_size", "images_per_step"
             raise AttackError(f"{out} holds a run with other settings (" + "; ".join(
                 f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items()) +
                 "); choose another --out to start a new run")
+        if context:
+            check_run_context(out, previous, context, error=AttackError)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_file, wanted)
+        atomic_write_json(run_file, {**wanted, **(context or {})})
 
 
 def budget_key(t: float) -> str:
@@ -518,7 +524,7 @@ def attack_dataset(model, dataset, settings: AttackSettings, out, num_classes: i
     indices = selected_indices(len(dataset), settings.skip, settings.max)
     if not indices:
         raise AttackError("the data holds no image to attack")
-    prepare_run(out, settings.to_json(), defaults=ATTACK_DEFAULTS_BEFORE)
+    prepare_run(out, settings.to_json(), defaults=ATTACK_DEFAULTS_BEFORE, context=run_context(dataset, device))
     cw = settings.method == "cw"
     if cw:
         from .cw import cw_attack_batch, minimal_norms, summarize_cw

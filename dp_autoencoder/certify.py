@@ -1,7 +1,8 @@
 """`dpae certify`: per-image PixelDP and randomized-smoothing certificates, resumable and sharded.
 
 Files in the output folder:
-  run.json        the settings; a rerun with other settings is refused
+  run.json        the settings, the device type and name, the data's size and fingerprint; a rerun with
+                  other settings, on another device type or on changed data is refused
   certify.jsonl   one object per image with every raw statistic (the source of truth)
   certify.tsv     Cohen et al.'s columns `idx label predict radius correct time`, then extras
   summary.json    certified accuracy by both bounds on a grid of radii, abstention, speed
@@ -29,7 +30,8 @@ from tqdm import tqdm
 from .adaptive import certify_adaptive
 from .certificates import DEFAULT_PIXELDP_PROFILE, PIXELDP_PROFILES, pixeldp_certify, smoothed_certify
 from .checkpoint import atomic_write_bytes, atomic_write_json
-from .distributed import rank_world
+from .data import dataset_fingerprint, fingerprint_difference
+from .distributed import device_difference, device_identity, rank_world
 from .sampler import sample_votes
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time",
@@ -196,23 +198,38 @@ def tsv_row(r: dict) -> str:
         f"{r['p_a_lower']:.6f}", str(r["undefended_predict"]), r["status"]])
 
 
+def accuracy_denominator(records: list[dict]) -> int:
+    """What accuracies divide by: the labelled images when some images are unlabelled (label -1), else all
+    (then the two are the same number; with no labelled image at all the accuracies are 0 and mean nothing,
+    the agreement with the undefended classifier is the figure to read).  Refused images count."""
+    labelled = sum(1 for r in records if r["label"] >= 0)
+    return max(labelled or len(records), 1)
+
+
 def certified_accuracy(records: list[dict], key: str, correct_key: str, radii=RADIUS_GRID) -> dict:
-    total = max(len(records), 1)
+    """Share of the labelled images (see :func:`accuracy_denominator`) correct and certified at >= each radius."""
+    total = accuracy_denominator(records)
     return {f"{t:g}": sum(1 for r in records if r[correct_key] and r[key] > 0 and r[key] >= t) / total
             for t in radii}
 
 
 def summarize(records: list[dict], seconds: float | None = None) -> dict:
+    """The run's figures.  Accuracies (smoothed, PixelDP, undefended, certified at each radius) count the
+    labelled images only; ``accuracy_denominator`` says how many that is whenever some images are unlabelled
+    (a fully labelled run has no such key: its accuracies are over ``images``, and its summary.json stays as
+    it was).  Abstention, agreement and speed are over all images."""
     ok = [r for r in records if r["status"] == "ok"]
     n = max(len(records), 1)
+    labelled = sum(1 for r in records if r["label"] >= 0)
+    acc_n = accuracy_denominator(records)
     summary = {
         "images": len(records),
         "refused": len(records) - len(ok),
-        "labeled": sum(1 for r in records if r["label"] >= 0),
-        "smoothed_accuracy": sum(r["correct"] for r in records) / n,
+        "labeled": labelled,
+        "smoothed_accuracy": sum(r["correct"] for r in records) / acc_n,
         "abstention_rate": sum(1 for r in ok if r["predict"] < 0) / n,
-        "pixeldp_accuracy": sum(r["pixeldp_correct"] for r in records) / n,
-        "undefended_accuracy": sum(r["label"] >= 0 and r["undefended_predict"] == r["label"] for r in records) / n,
+        "pixeldp_accuracy": sum(r["pixeldp_correct"] for r in records) / acc_n,
+        "undefended_accuracy": sum(r["label"] >= 0 and r["undefended_predict"] == r["label"] for r in records) / acc_n,
         # For unlabeled images: how often the defended prediction is the undefended classifier's.
         "agreement_smoothed": sum(r["predict"] == r["undefended_predict"] for r in ok) / n,
         "agreement_pixeldp": sum(r["pixeldp_predict"] == r["undefended_predict"] for r in ok) / n,
@@ -224,12 +241,14 @@ def summarize(records: list[dict], seconds: float | None = None) -> dict:
         "draws_per_s": sum(r["adaptive"]["draws"] if "adaptive" in r else r["n0"] + r["n"] for r in ok)
                        / max(sum(r["time"] for r in ok), 1e-12),
     }
+    if labelled < len(records):
+        summary["accuracy_denominator"] = labelled
     adaptive = [r["adaptive"] for r in ok if "adaptive" in r]
     if adaptive:
         summary["adaptive_radius"] = records[0].get("adaptive_radius")
         summary["mean_draws"] = sum(a["draws"] for a in adaptive) / len(adaptive)
         summary["certified_accuracy_at_adaptive_radius"] = sum(
-            r["correct"] and r["adaptive"]["certified"] for r in ok if "adaptive" in r) / n
+            r["correct"] and r["adaptive"]["certified"] for r in ok if "adaptive" in r) / acc_n
     if seconds:
         summary["images_per_s_this_run"] = len(records) / seconds
     return summary
@@ -267,7 +286,36 @@ def same_sources(recorded, wanted) -> bool:
                                                 enumerate(zip(recorded, wanted)))
 
 
-def _prepare_out(out: Path, settings: CertifySettings, rank: int) -> None:
+def run_context(dataset, device) -> dict:
+    """What run.json records beside the settings and a resume must find again: the device (type and name) and
+    the data (its size and a fingerprint of its files, see ``data.dataset_fingerprint``)."""
+    return {"device": device_identity(device), "data": dataset_fingerprint(dataset)}
+
+
+def check_run_context(out, previous: dict, context: dict, error=None) -> None:
+    """Refuse to resume the run recorded in ``previous`` (its run.json) with ``context``: on another device
+    type, or on data of another size or list of files.  Keys a run.json from before them lacks are unknown,
+    not a mismatch; another GPU model is a warning."""
+    import warnings
+
+    error = error or CertifyError
+    problems = []
+    if "device" in context:
+        refusal, warning = device_difference(previous.get("device"), context["device"])
+        if refusal:
+            problems.append(refusal)
+        if warning:
+            warnings.warn(f"{out}: {warning}", stacklevel=3)
+    if "data" in context:
+        changed = fingerprint_difference(previous.get("data"), context["data"])
+        if changed:
+            problems.append(f"{changed}; a resumed run would mix the records of two data sets, so rerun on the "
+                            "data it was made on, or choose another --out")
+    if problems:
+        raise error(f"{out} holds a run that cannot be resumed here: " + "; ".join(problems))
+
+
+def _prepare_out(out: Path, settings: CertifySettings, rank: int, context: dict | None = None) -> None:
     run_file = out / "run.json"
     wanted = settings.to_json()
     if run_file.exists():
@@ -281,9 +329,11 @@ def _prepare_out(out: Path, settings: CertifySettings, rank: int) -> None:
             raise CertifyError(f"{out} holds a run with other settings (" + "; ".join(
                 f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items()) +
                 "); choose another --out to start a new run")
+        if context and rank == 0:
+            check_run_context(out, previous, context)
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_file, wanted)
+        atomic_write_json(run_file, {**wanted, **(context or {})})
 
 
 # --- the run --------------------------------------------------------------------------
@@ -311,13 +361,14 @@ def certify_dataset(model, dataset, settings: CertifySettings, out, num_classes:
         raise CertifyError("the data holds no image to certify")
     main_file = out / "certify.jsonl"
     part = main_file if world == 1 else out / f"certify.part{rank}.jsonl"
+    context = run_context(dataset, device)
     if rank == 0:
-        _prepare_out(out, settings, rank)
+        _prepare_out(out, settings, rank, context)
         for p in [main_file, *out.glob("certify.part*.jsonl")]:
             read_records(p, repair=True)
     if world > 1:
         dist.barrier()
-        _prepare_out(out, settings, rank)
+        _prepare_out(out, settings, rank, context)
     done = {r["idx"] for p in [main_file, *out.glob("certify.part*.jsonl")] for r in read_records(p)}
     todo = [i for i in indices if i not in done][rank::world]
 

@@ -1,7 +1,8 @@
 """Image sources: Fashion-MNIST (idx files), folders of images, and procedural dead leaves.
 
 Every dataset yields ``(image, label)`` with ``image`` a float tensor in [0, 1] of shape
-(C, H, W) and ``label`` an int (-1 when unknown).  A folder image that cannot be read raises
+(C, H, W) and ``label`` an int (-1 when unknown).  Photos are read upright: their EXIF orientation is applied.  A
+folder image that cannot be read raises
 DataError naming it; for training (``skip_unreadable``) it yields ``None`` after a warning naming
 it, and ``collate_skipping`` drops those and counts them.  ``read_image`` says which images decode.
 """
@@ -9,6 +10,7 @@ it, and ``collate_skipping`` drops those and counts them.  ``read_image`` says w
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import warnings
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -90,6 +92,7 @@ class FashionMNIST(Dataset):
         self.images = torch.from_numpy(images.copy())
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self.classes = FASHION_MNIST_CLASSES
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.images)
@@ -112,6 +115,18 @@ def list_images(root: str | os.PathLike) -> list[Path]:
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+EXIF_ORIENTATION = 0x0112  # 1 upright; 2-8 the mirrorings and rotations that cameras record instead of rotating pixels
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` with its EXIF orientation applied (a portrait phone photo is stored as landscape pixels plus this
+    tag; viewers, torchvision's decode_image and timm's loaders show it upright).  Images without the tag, or
+    with tag 1, are returned as they are, without a copy."""
+    try:
+        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, TypeError):  # a corrupt EXIF block: the pixels as stored
+        return im
+    return ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
 
 
 def _to_8_bit(im: Image.Image, path) -> Image.Image:
@@ -127,7 +142,8 @@ def read_image(path, mode: str, draft_size: tuple[int, int] | None = None) -> Im
 
     Alpha is dropped (the colour stored under transparent pixels is kept, as torchvision and timm do);
     palette, CMYK and 16-bit RGB(A) images go through Pillow's conversions; 16-bit grey is scaled to
-    8 bits; 32-bit float images are refused (their value range is unknown).  An image over Pillow's
+    8 bits; 32-bit float images are refused (their value range is unknown).  The EXIF orientation is
+    applied, so a photo comes upright as a viewer shows it.  An image over Pillow's
     decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 Mpx by default) is refused from its
     header, before any pixel is decoded.  ``draft_size``: let JPEG decode at 1/2 to 1/8 scale while
     keeping at least this size.
@@ -153,6 +169,7 @@ def read_image(path, mode: str, draft_size: tuple[int, int] | None = None) -> Im
             if im.mode == "F":
                 raise DataError(f"cannot read image {path}: 32-bit float pixels have no known range; "
                                 "save it as an 8- or 16-bit image")
+            im = _upright(im)
             if im.mode in SIXTEEN_BIT_MODES:
                 return _to_8_bit(im, path).convert(mode)
             if im.mode == "P":  # via RGBA: a palette's transparency is then plain alpha, dropped below
@@ -193,6 +210,7 @@ class ImageFolder(Dataset):
     def __init__(self, root, image_size: int, channels: int = 3, files: list[Path] | None = None,
                  labels: list[int] | None = None, skip_unreadable: bool = False):
         self.files = files if files is not None else list_images(root)
+        self.root = Path(root) if root is not None else None
         self.labels = labels if labels is not None else [-1] * len(self.files)
         self.image_size, self.channels, self.skip_unreadable = image_size, channels, skip_unreadable
 
@@ -207,6 +225,84 @@ class ImageFolder(Dataset):
                 raise
             warnings.warn(f"skipped: {e}", stacklevel=1)
             return None
+
+
+# --- what a resumed run must find again ------------------------------------------------------
+def _relative_names(files, root) -> list[str]:
+    """The files as POSIX paths relative to ``root`` (else to their common folder): a data folder that moved
+    or is named by another spelling lists the same."""
+    files = [Path(f) for f in files]
+    if root is None:
+        root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else Path(".")
+    out = []
+    for f in files:
+        try:
+            out.append(f.relative_to(root).as_posix())
+        except ValueError:
+            out.append(f.as_posix())
+    return out
+
+
+def _size(path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:  # gone since it was listed: reading it will say so
+        return -1
+
+
+def dataset_fingerprint(dataset) -> dict:
+    """How many images ``dataset`` holds and which: a sha256 of its list of files, their sizes in bytes and their
+    labels (paths relative to the data folder) for folders of images, the split for Fashion-MNIST, the names for the bundled photos.
+
+    Recorded in run.json so that a resumed run cannot mix the records of two data sets (see
+    :func:`fingerprint_difference`).  Wrappers with a ``dataset`` attribute (``torch.utils.data.Subset``, whose
+    indices enter the hash) are looked through; another kind of dataset is described by its size alone.
+    Reads no pixel."""
+    from torch.utils.data import Subset
+
+    out = {"images": len(dataset)}
+    base, chosen = dataset, []
+    while hasattr(base, "dataset") and not hasattr(base, "files"):
+        if isinstance(base, Subset):
+            chosen.append([int(i) for i in base.indices])
+        base = base.dataset
+    listing = None
+    if isinstance(base, FashionMNIST):
+        out["fashion_mnist"] = base.split
+    elif getattr(base, "files", None) is not None:  # folders of images (ImageFolder, ImageNetFolder)
+        listing = [f"{name}\t{_size(f)}" for name, f in zip(_relative_names(base.files, getattr(base, "root", None)),
+                                                          base.files)]
+    elif getattr(base, "names", None) is not None:  # the bundled photos: names, not files
+        listing = list(base.names)
+    if listing is not None:
+        labels = getattr(base, "labels", None)
+        labels = [int(y) for y in labels] if labels is not None else [-1] * len(listing)
+        listing = [f"{name}\t{y}" for name, y in zip(listing, labels)]
+    if listing is not None or chosen:
+        h = hashlib.sha256("\n".join(listing or []).encode())
+        for indices in chosen:
+            h.update(("\nsubset " + ",".join(map(str, indices))).encode())
+        out["files_sha256"] = h.hexdigest()
+    return out
+
+
+def fingerprint_difference(recorded: dict | None, current: dict) -> str | None:
+    """What differs between the data a run was made on (``recorded``, from its run.json) and ``current``, in
+    words; None when nothing recorded differs.  A run.json from before fingerprints (``recorded`` None) and
+    keys only one side has are unknown, not a difference: older runs still resume."""
+    if not recorded:
+        return None
+    if recorded.get("images") is not None and recorded.get("images") != current.get("images"):
+        return f"the data holds {current.get('images')} images now, {recorded.get('images')} when the run was made"
+    for key, what in (("fashion_mnist", "the Fashion-MNIST split"),
+                      ("files_sha256", "the list of files, sizes and labels (sha256)")):
+        a, b = recorded.get(key), current.get(key)
+        if a is not None and b is not None and a != b:
+            if key == "files_sha256":
+                return (f"{what} changed: {str(a)[:16]}... there, {str(b)[:16]}... now, with the same "
+                        f"{current.get('images')} images (files renamed, replaced, rewritten or relabelled)")
+            return f"{what} is {b!r} now, {a!r} when the run was made"
+    return None
 
 
 def collate_skipping(batch):
