@@ -72,6 +72,9 @@ class TrainSettings:
     stability_classifier: str | None = None  # the frozen classifier of the two losses below
     stability_weight: float = 0.0  # Salman et al. (2020): match its output on the clean image
     classification_weight: float = 0.0  # cross-entropy of its output against the data's labels
+    stability_target: str = "soft"  # "soft": the clean softmax (= KL up to a constant); "hard": its argmax
+    stability_temperature: float = 1.0  # softmax temperature of both sides ("soft"), loss scaled by T^2
+    init_from: str | None = None  # start from this checkpoint's weights (same architecture; fresh optimizer)
     mse_epochs: int = 0  # epochs of MSE alone before those losses join
     finetune_lr: float | None = None  # learning rate once they join (default: lr)
     lr_schedule: str = "constant"  # or "cosine"
@@ -101,6 +104,13 @@ class TrainSettings:
                                      ("precision", self.precision, PRECISIONS), ("crop", self.crop, CROPS)):
             if value not in allowed:
                 raise TrainingError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.stability_target not in STABILITY_TARGETS:
+            raise TrainingError(f"--stability-target must be one of {', '.join(STABILITY_TARGETS)}, "
+                                f"got {self.stability_target!r}")
+        if not (math.isfinite(self.stability_temperature) and self.stability_temperature > 0):
+            raise TrainingError(f"--stability-temperature must be > 0, got {self.stability_temperature}")
+        if self.stability_target == "hard" and self.stability_temperature != 1.0:
+            raise TrainingError("--stability-temperature applies to the soft target only")
         for name in ("steps_per_epoch", "epoch_images"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -111,6 +121,7 @@ class TrainSettings:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+STABILITY_TARGETS = ("soft", "hard")
 PRECISIONS = ("auto", "fp32", "bf16")
 CROPS = ("center", "random")
 
@@ -131,9 +142,13 @@ def learning_rate(settings: TrainSettings, step: int, steps_per_epoch: int) -> f
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """GPUs, and CPUs with AMX or AVX-512 BF16 instructions (where autocast gives 2-3x on convs)."""
+    """GPUs with native bf16 (Ampere and later; older ones only emulate it, slower than fp32), and CPUs with
+    AMX or AVX-512 BF16 instructions (where autocast gives 2-3x on convs)."""
     if device.type == "cuda":
-        return True
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch before 2.3 has no including_emulation and does not count emulation
+            return bool(torch.cuda.is_bf16_supported())
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -178,15 +193,23 @@ def evaluate_psnr(model: PixelDPAutoencoder, dataset, batch_size: int, device, s
     return psnr(total / count), count
 
 
-def stability_loss(classifier, recon: torch.Tensor, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+def stability_loss(classifier, recon: torch.Tensor, x: torch.Tensor, logits: torch.Tensor | None = None,
+                   target: str = "soft", temperature: float = 1.0) -> torch.Tensor:
     """Salman et al. (2020): cross-entropy of the frozen classifier's output on the reconstruction
-    against its soft labels on the clean image.  Gradients reach the auto-encoder only: the
-    classifier's parameters are frozen and its clean output is computed without a graph.
-    ``logits``: the classifier's output on ``recon`` when already computed."""
+    against its prediction on the clean image: the soft labels (``target="soft"``; equal to the KL divergence
+    from the clean softmax up to its entropy, a constant, so the same gradients), optionally both softmaxes at
+    ``temperature`` T with the loss scaled by T^2 (Hinton et al.'s distillation); or the clean argmax
+    (``target="hard"``).  Gradients reach the auto-encoder only: the classifier's parameters are frozen and
+    its clean output is computed without a graph.  ``logits``: the classifier's output on ``recon`` when
+    already computed."""
     with torch.no_grad():
-        target = classifier(x).float().softmax(1)
-    logits = classifier(recon) if logits is None else logits
-    return -(target * logits.float().log_softmax(1)).sum(1).mean()
+        clean = classifier(x).float()
+    logits = (classifier(recon) if logits is None else logits).float()
+    if target == "hard":
+        return F.cross_entropy(logits, clean.argmax(1))
+    t = float(temperature)
+    soft = (clean / t).softmax(1)
+    return -(soft * (logits / t).log_softmax(1)).sum(1).mean() * (t * t)
 
 
 def _settings_from_checkpoint(config: dict) -> dict:
@@ -245,6 +268,8 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         noise = NoiseConfig(settings.noise, settings.L, settings.eps, settings.delta)
         torch.manual_seed(settings.seed)
         model = PixelDPAutoencoder(arch, noise)
+        if settings.init_from:
+            _initialize_from(model, Path(settings.init_from))
         model.constrain_(size, settings.constraint, settings.parseval_beta)
     if model.arch.in_channels != channels:
         raise TrainingError(f"the data has {channels} channels but the model takes {model.arch.in_channels}")
@@ -303,7 +328,8 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
                 if with_classifier:
                     logits = classifier(recon)
                     if settings.stability_weight:
-                        loss = loss + settings.stability_weight * stability_loss(classifier, recon, x, logits)
+                        loss = loss + settings.stability_weight * stability_loss(
+                            classifier, recon, x, logits, settings.stability_target, settings.stability_temperature)
                     if settings.classification_weight:
                         loss = loss + settings.classification_weight * classification_loss(logits.float(), labels)
             if not torch.isfinite(loss):
@@ -357,6 +383,15 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         if world > 1:
             dist.barrier()
     return out
+
+
+def _initialize_from(model: PixelDPAutoencoder, path: Path) -> None:
+    """Copy the weights of the auto-encoder checkpoint ``path`` (verified by its sha256) into ``model``: the
+    architecture must be the same; the noise may differ (e.g. an L = 0.3 front-end started from an L = 0.1 one)."""
+    other, _ = load_autoencoder(path)
+    if other.arch != model.arch:
+        raise TrainingError(f"--init-from {path}: its architecture {other.arch} differs from this run's {model.arch}")
+    model.load_state_dict(other.state_dict())
 
 
 def _keep_log_lines_up_to(log_path: Path, epochs_done: int) -> None:
