@@ -10,7 +10,6 @@ the record of image ``i`` of a run with the same seed, draws, alpha, eta and pre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,37 +17,56 @@ import torch
 from .certificates import DEFAULT_PIXELDP_PROFILE, smoothed_predict
 from .sampler import prepare_for_sampling, sample_votes
 
-PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 ABSTAIN = -1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_shipped(spec: str) -> str:
-    """A path as given when it exists, else the shipped checkpoint of that name (``natural-ae-L0.1``)."""
-    spec = str(spec)
-    if not Path(spec).exists() and "/" not in spec and (PRETRAINED / spec / "config.json").is_file():
-        return str(PRETRAINED / spec)
-    return spec
+def _resolve_shipped(spec) -> str:
+    """Deprecated (0.1): the folder of a shipped name, any other name as given.  Use
+    ``dp_autoencoder.resolve_model(name, kind)``, the one parser of model names."""
+    from ._registry import _REGISTRY, shipped_path
+
+    cfg = _REGISTRY.get(str(spec))
+    return str(shipped_path(cfg)) if cfg is not None and cfg.source == "shipped" else str(spec)
 
 
-def load_autoencoder(path):
-    """A PixelDP auto-encoder checkpoint folder (or a shipped name), verified: sha256, config, Delta.
+def __getattr__(name):
+    if name in ("resolve_shipped", "PRETRAINED"):
+        import warnings
 
-    The checkpoint's config is kept as ``autoencoder.config``.
+        from ._registry import pretrained_root
+
+        warnings.warn(f"dp_autoencoder.api.{name} is deprecated and goes after 0.1.x: model names are parsed by "
+                      "dp_autoencoder.resolve_model() and listed by dp_autoencoder.list_pretrained()",
+                      DeprecationWarning, stacklevel=2)
+        return _resolve_shipped if name == "resolve_shipped" else pretrained_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_autoencoder(spec):
+    """A PixelDP auto-encoder, verified (sha256, config, Delta recomputed): a shipped name (``natural-ae-L0.1``;
+    :func:`list_pretrained`), a checkpoint folder, or ``hf-hub:ORG/NAME[@REV]``.
+
+    The checkpoint's config is kept as ``autoencoder.config``, the registry's entry (shipped names) as
+    ``autoencoder.pretrained_cfg`` (None otherwise).
     """
+    from ._pretrained import FRONT_END
+    from ._registry import resolve_model
     from .autoencoder import load_autoencoder as load
 
-    model, config = load(resolve_shipped(path))
-    model.config = config
+    ref = resolve_model(spec, FRONT_END)
+    model, config = load(ref.local_path())
+    model.config, model.pretrained_cfg = config, ref.cfg
     return model
 
 
 def load_classifier(spec, weights=None):
-    """A frozen classifier with its preprocessing: a checkpoint folder (or a shipped name),
-    ``efficientnet_lite0-offline``, or a timm model name (hub weights unless ``weights``)."""
+    """A frozen classifier with its preprocessing: a shipped name (``fmnist-classifier``,
+    ``efficientnet_lite0-offline``), a checkpoint folder, ``hf-hub:ORG/NAME[@REV]``, or a timm model name
+    (timm's hub weights unless ``weights``)."""
     from .classifiers import load_classifier as load
 
-    return load(resolve_shipped(spec), weights=weights)
+    return load(spec, weights=weights)
 
 
 @dataclass(frozen=True)
@@ -192,7 +210,7 @@ def stack(autoencoder, classifier, device=None, precision: str = "fp32", seed: i
     classifier as run.  ``seed``: the noise of image i comes from (seed, i).
     """
     from .distributed import local_device
-    from .stack import DefendedClassifier
+    from .pipeline import DefendedClassifier
 
     device = local_device(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     model = DefendedClassifier(autoencoder, classifier).to(device)
@@ -206,7 +224,8 @@ def stack(autoencoder, classifier, device=None, precision: str = "fp32", seed: i
 
 def load_stack(autoencoder, classifier, classifier_weights=None, device=None, precision: str = "fp32",
                seed: int = 0, channels_last: bool = True) -> Stack:
-    """:func:`stack` of :func:`load_autoencoder` and :func:`load_classifier` (paths or shipped names)."""
+    """:func:`stack` of :func:`load_autoencoder` and :func:`load_classifier` (any model name: shipped, a path,
+    ``hf-hub:ORG/NAME[@REV]``, or a timm name for the classifier)."""
     return stack(load_autoencoder(autoencoder), load_classifier(classifier, classifier_weights), device,
                  precision, seed, channels_last)
 

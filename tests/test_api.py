@@ -84,9 +84,14 @@ def test_bad_input_is_refused_with_a_message():
         dp_autoencoder.open_dataset("samples", stack)
 
 
-def test_shipped_names_resolve_but_paths_win(tmp_path, monkeypatch):
-    assert api.resolve_shipped("natural-ae-L0.1") == str(api.PRETRAINED / "natural-ae-L0.1")
-    assert api.resolve_shipped("resnet50") == "resnet50"  # a timm name stays a timm name
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "natural-ae-L0.1").mkdir()
-    assert api.resolve_shipped("natural-ae-L0.1") == "natural-ae-L0.1"
+def test_deprecated_resolve_shipped_still_works_with_a_warning():
+    from dp_autoencoder._registry import pretrained_root
+
+    with pytest.warns(DeprecationWarning, match="resolve_model"):
+        resolve = api.resolve_shipped
+    assert resolve("natural-ae-L0.1") == str(pretrained_root() / "natural-ae-L0.1")
+    assert resolve("resnet50") == "resnet50"  # a timm name stays a timm name
+    with pytest.warns(DeprecationWarning):
+        assert api.PRETRAINED == pretrained_root()
+    with pytest.raises(AttributeError):
+        api.no_such_thing

@@ -13,7 +13,7 @@ from dp_autoencoder import classifiers
 from dp_autoencoder.checkpoint import CheckpointError, read_config, save_checkpoint
 from dp_autoencoder.classifiers import ClassifierError, class_names, load_classifier, save_classifier
 from dp_autoencoder.data import FASHION_MNIST_CLASSES
-from dp_autoencoder.stack import Classify, Preprocessing, state_fingerprint
+from dp_autoencoder.pipeline import Classify, Preprocessing, state_fingerprint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "pretrained" / "fmnist-classifier"
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -195,7 +195,7 @@ def test_mismatched_or_unsafe_weights_give_clear_errors(tmp_path):
 
 
 def test_bad_specs(tmp_path):
-    with pytest.raises(ClassifierError, match="neither"):
+    with pytest.raises(CheckpointError, match="unknown classifier 'no_such_model_xyz'"):
         load_classifier("no_such_model_xyz")
     (tmp_path / "w.pth").write_bytes(b"")
     with pytest.raises(ClassifierError, match="is a file"):

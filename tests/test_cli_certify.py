@@ -8,7 +8,7 @@ from conftest import needs_fashion_mnist
 from dp_autoencoder.autoencoder import NoiseConfig, PixelDPAutoencoder, preset, save_autoencoder
 from dp_autoencoder.classifiers import save_classifier
 from dp_autoencoder.cli import main
-from dp_autoencoder.stack import Preprocessing
+from dp_autoencoder.pipeline import Preprocessing
 
 
 @pytest.fixture(scope="module")

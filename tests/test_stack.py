@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 from dp_autoencoder.autoencoder import NoiseConfig, PixelDPAutoencoder, preset
 from dp_autoencoder.checkpoint import CheckpointError
 from dp_autoencoder.classifiers import load_classifier, save_classifier
-from dp_autoencoder.stack import Classify, DefendedClassifier, Preprocessing, state_fingerprint
+from dp_autoencoder.pipeline import Classify, DefendedClassifier, Preprocessing, state_fingerprint
 
 PREP = Preprocessing(input_size=(1, 20, 20), mean=(0.3,), std=(0.4,))
 
@@ -48,7 +48,7 @@ def test_bad_classifier_sources(tmp_path):
     torch.save(other.state_dict(), tmp_path / "narrow.pth")
     with pytest.raises(CheckpointError):
         load_classifier("resnet10t", weights=str(tmp_path / "narrow.pth"))
-    with pytest.raises(CheckpointError, match="neither"):
+    with pytest.raises(CheckpointError, match="unknown classifier .no_such_model_xyz."):
         load_classifier("no_such_model_xyz")
     torch.save({"obj": object()}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match="weights_only"):
@@ -88,7 +88,7 @@ def test_stacking_refuses_channel_mismatch_and_keeps_weights_bit_identical():
 
 def test_input_noise_baseline_adds_the_construction_noise_to_the_pixels():
     from dp_autoencoder.mechanisms import gaussian_sigma
-    from dp_autoencoder.stack import InputNoiseClassifier
+    from dp_autoencoder.pipeline import InputNoiseClassifier
 
     clf = Classify(tiny(), PREP)
     noise = NoiseConfig("gaussian", 0.3, 1.0, 0.05, 1.0, gaussian_sigma(0.3))
