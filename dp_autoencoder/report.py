@@ -182,6 +182,7 @@ def _save(fig, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the same mode as every other output (checkpoint.atomic_write_bytes)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
