@@ -1,43 +1,48 @@
-"""Copy a trained checkpoint into pretrained/ without its optimizer state, with a model card,
-and record every file's sha256 in pretrained/SHA256SUMS (checked when a shipped model loads).
+"""Write a trained checkpoint as a folder ready to ship: config.json without the optimizer state, the
+weights, the model card as MODEL_CARD.md, and a SHA256SUMS of them (dp_autoencoder.hub.write_release_folder).
 
     python tools/ship_checkpoint.py runs/natural-ae-L0.1 pretrained/natural-ae-L0.1 --card card.md
+    python tools/ship_checkpoint.py runs/my-ae upload/my-ae --card card.md
+    huggingface-cli upload ORG/my-ae upload/my-ae      # then: dpae certify --autoencoder hf-hub:ORG/my-ae
+
+Into pretrained/, it also rewrites pretrained/SHA256SUMS (checked when a shipped model loads), and either
+way it prints the registry fields the folder determines: a new shipped model is one entry in
+dp_autoencoder/_registry.py (add its description, classifier, input size and the card's figures), which
+tests/test_registry.py checks against the folder.
 """
 
 import argparse
 import json
-import shutil
+import sys
 from pathlib import Path
 
-from dp_autoencoder.checkpoint import CONFIG, atomic_write_bytes, atomic_write_json, read_config, sha256_file
+from dp_autoencoder._registry import fields_from_checkpoint
+from dp_autoencoder.checkpoint import CheckpointError
+from dp_autoencoder.hub import write_manifest, write_release_folder
 
 
 def update_manifest(root: Path) -> None:
-    lines = [f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n"
-             for p in sorted(root.rglob("*")) if p.is_file() and p.name != "SHA256SUMS"]
-    atomic_write_bytes(root / "SHA256SUMS", "".join(lines).encode())
+    """pretrained/SHA256SUMS: every file of every shipped folder."""
+    write_manifest(root)
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source")
-    p.add_argument("target")
+    p.add_argument("source", help="the trained checkpoint folder (dpae train --out)")
+    p.add_argument("target", help="the folder to write (must not exist)")
     p.add_argument("--card", required=True, help="markdown model card to copy as MODEL_CARD.md")
     args = p.parse_args()
-    src, dst = Path(args.source), Path(args.target)
-    config = read_config(src)
-    if dst.exists():
-        raise SystemExit(f"{dst} exists; remove it first")
-    dst.mkdir(parents=True)
-    weights = config["files"]["weights"]
-    shutil.copy2(src / weights["file"], dst / weights["file"])
-    config["files"] = {"weights": weights}
-    config.get("training", {}).pop("optimizer", None)
-    atomic_write_json(dst / CONFIG, config)
-    shutil.copy2(args.card, dst / "MODEL_CARD.md")
-    update_manifest(dst.parent)
-    print(json.dumps({"shipped": str(dst), "weights_sha256": weights["sha256"]}))
+    try:
+        target = write_release_folder(args.source, args.target, args.card)
+    except CheckpointError as e:
+        print(f"ship_checkpoint: error: {e}", file=sys.stderr)
+        return 2
+    if (target.parent / "SHA256SUMS").is_file():  # pretrained/: the manifest of every shipped folder
+        update_manifest(target.parent)
+    fields = fields_from_checkpoint(target)
+    print(json.dumps({"shipped": str(target), "registry_fields": {k: v for k, v in fields.items()}}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
