@@ -54,10 +54,11 @@ from tqdm import tqdm
 
 from dp_autoencoder.autoencoder import Architecture, NoiseConfig, PixelDPAutoencoder, load_autoencoder, preset
 from dp_autoencoder.certificates import pixeldp_certify
+from dp_autoencoder.distributed import bf16_is_native
 from dp_autoencoder.sampler import NOISE_BLOCK, prepare_for_sampling, sample_votes
 from dp_autoencoder.seeding import generator
 from dp_autoencoder.sensitivity import parseval_retraction_
-from dp_autoencoder.stack import Classify, DefendedClassifier, Preprocessing
+from dp_autoencoder.pipeline import Classify, DefendedClassifier, Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_LATENCY_S = {1: 0.01, 10: 0.02, 100: 0.13, 1000: 1.23}  # Lecuyer et al. 2019, Q4, their GPU
@@ -148,6 +149,7 @@ class Stack:
     imagenet_sized: bool
     train: dict  # the auto-encoder to time a training step of: arch, channels, size, batch
     notes: list[str] = field(default_factory=list)
+    calibration: dict | None = None  # random-weight classifiers: their BatchNorm recalibration (calibrate_batchnorm)
 
 
 def _tiny_stack(k: int) -> Stack:
@@ -199,19 +201,79 @@ def _fmnist_stack(args, k: int) -> Stack:
                  f"L = {ae.noise.L}, sigma = {ae.noise.scale:.4f}"])
 
 
+FP16_MAX = 65504.0
+
+
+def calibrate_batchnorm(classifier: nn.Module, images: torch.Tensor) -> int:
+    """Recompute every BatchNorm's running statistics from ``images`` (one pass, the BatchNorm layers alone in
+    training mode, cumulative average), then freeze them again; returns how many layers were recalibrated.
+
+    A random-weight network keeps BatchNorm's initial mean 0 / variance 1, under which a deep network's
+    activations grow layer after layer (a random timm Inception-v3 gives logits near 1e12 on photos, and about
+    half of its conv/linear outputs exceed float16's 65504): fp16 autocast would then time infs and NaNs, and
+    its agreement with fp32 would mean nothing.  Statistics taken on real inputs make every layer's output
+    O(1), as in a trained network.  Speed does not depend on the values."""
+    layers = [m for m in classifier.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: one pass gives the statistics of all the images
+        m.train()
+    with torch.no_grad():
+        classifier(images)
+    for m in layers:
+        m.eval()
+    return len(layers)
+
+
+def activation_range(forward, inputs: torch.Tensor, module: nn.Module) -> dict:
+    """The largest |output| of every conv and linear layer of ``module`` during ``forward(inputs)`` (fp32), and of
+    the logits: the numbers fp16 autocast (largest finite value 65504) has to hold."""
+    peaks = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: peaks.__setitem__(
+        name, max(peaks.get(name, 0.0), float(out.detach().abs().max()))))
+        for name, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.inference_mode():
+            logits = forward(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"layers": len(peaks), "max_abs_output": max(peaks.values()),
+            "layers_over_fp16_max": sum(v > FP16_MAX for v in peaks.values()),
+            "max_abs_logit": float(logits.abs().max()), "finite_logits": bool(torch.isfinite(logits).all())}
+
+
 def _inception_stack(args, k: int) -> Stack:
     from dp_autoencoder.classifiers import load_classifier
 
     torch.manual_seed(SEED)
     ae = PixelDPAutoencoder(preset("imagenet", 3), NoiseConfig("gaussian", 0.1, 1.0, 0.05))
     ae.constrain_((299, 299))
+    ae.eval()
     clf = load_classifier("inception_v3", pretrained=False)  # random weights: speed only
     images, source = _photos(299, 1.0, k)
+    # The statistics of what the classifier sees in the benchmark: the photos, mirrored, and the random
+    # auto-encoder's reconstructions of their noisy latents (near-flat images).
+    photos, _ = _photos(299, 1.0, 7)
+    with torch.no_grad():
+        recon = ae(photos, generator(SEED, "calibration"))
+    before = activation_range(clf, photos[:2], clf.model)
+    layers = calibrate_batchnorm(clf, torch.cat([photos, photos.flip(-1), recon]))
+    model = DefendedClassifier(ae, clf)
+    after = activation_range(lambda x: model(x, generator(SEED, "range")), photos[:2], clf.model)
+    calibration = {"images": 3 * len(photos), "batchnorm_layers": layers, "before": before, "after": after}
     return Stack("inception", "ImageNet-sized: the paper's `imagenet` auto-encoder (convs 32/32/64, kernels 10/8/5, "
-                 "strides 2) + timm inception_v3, 299 x 299", DefendedClassifier(ae.eval(), clf), images, 1000,
+                 "strides 2) + timm inception_v3, 299 x 299", model, images, 1000,
                  True, dict(arch=preset("imagenet", 3), size=299, batch=args.imagenet_train_batch),
                  ["random weights for both (speed does not depend on them)", f"images: {source}",
-                  "noise: gaussian, L = 0.1, sigma = 0.2537 (latent 32 x 149 x 149 per draw)"])
+                  "noise: gaussian, L = 0.1, sigma = 0.2537 (latent 32 x 149 x 149 per draw)",
+                  f"Inception-v3's {layers} BatchNorm layers recalibrated on {calibration['images']} images (the "
+                  f"photos, mirrored, and noisy reconstructions) so that fp16 can hold its numbers: largest "
+                  f"conv/linear output on two photos {before['max_abs_output']:.3g} before "
+                  f"({before['layers_over_fp16_max']} of {before['layers']} layers over fp16's 65504), "
+                  f"{after['max_abs_output']:.3g} after through the stack ({after['layers_over_fp16_max']} over); "
+                  f"largest logit {before['max_abs_logit']:.3g} before, {after['max_abs_logit']:.3g} after"],
+                 calibration=calibration)
 
 
 def _efficientnet_stack(args, k: int) -> Stack:
@@ -267,28 +329,59 @@ def measure_floor(model, x1, candidates, reps, amp, device, min_draws, log) -> d
     ceil(min_draws / batch) forwards each, after a warm-up forward (oneDNN / cuDNN pick kernels per shape)."""
     out = {}
     for bs in progress(candidates, desc="floor: batch sizes", unit="size"):
+        reset_peak_memory(device)  # each batch size its own peak, not the sweep's maximum
         forward, draws = floor_runner(model, x1, bs, bs, amp, device)
         forward()
         forward, draws = floor_runner(model, x1, bs, min_draws, amp, device)
         runs = [clock(forward, device) / draws for _ in range(reps)]
-        out[bs] = {"s_per_draw": median(runs), "runs_s_per_draw": runs, "draws_per_run": draws}
-        log(f"  floor at batch {bs}: {median(runs) * 1e3:.3f} ms/draw")
+        out[bs] = {"s_per_draw": median(runs), "runs_s_per_draw": runs, "draws_per_run": draws,
+                   "peak_memory_gib": peak_memory(device)}
+        del forward
+        log(f"  floor at batch {bs}: {median(runs) * 1e3:.3f} ms/draw"
+            + (f", peak {out[bs]['peak_memory_gib']:.2f} GiB" if out[bs]["peak_memory_gib"] is not None else ""))
     return out
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> float | None:
+    """GiB allocated at most on ``device`` since the last :func:`reset_peak_memory` (None off CUDA)."""
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+
+
+def relative_logit_differences(ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """||other - ref|| / ||ref|| per draw (rows of logits), in float64; inf where ``other`` is not finite."""
+    ref, other = ref.double(), other.double()
+    rel = (other - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-300)
+    return torch.where(torch.isfinite(other).all(1), rel, torch.full_like(rel, float("inf")))
+
+
 def precision_agreement(model, x, amp, device, draws: int) -> dict:
-    """Share of noisy draws whose argmax under autocast equals the fp32 one (the same noisy latents)."""
+    """The autocast logits of noisy draws against the fp32 ones (the same noisy latents): the share of draws with
+    the same argmax, the relative logit difference ||low - fp32|| / ||fp32|| (median and largest, over the
+    finite draws) and how many draws gave a non-finite logit (fp16 overflows at 65504)."""
     size = tuple(x.shape[-2:])
     same = total = 0
+    rel = []
     for i in range(len(x)):
         zz = noisy_latent(model, x[i], draws)
         with torch.inference_mode():
-            ref = model.logits_from_noisy(zz, size).argmax(1)
+            ref = model.logits_from_noisy(zz, size).float()
             with torch.autocast(device.type, dtype=amp):
-                low = model.logits_from_noisy(zz, size).float().argmax(1)
-        same += int((ref == low).sum())
+                low = model.logits_from_noisy(zz, size).float()
+        same += int((ref.argmax(1) == low.argmax(1)).sum())
         total += len(ref)
-    return {"agree": same, "draws": total, "share": same / total}
+        rel.append(relative_logit_differences(ref, low).cpu())
+    rel = torch.cat(rel)
+    finite = rel[torch.isfinite(rel)]
+    return {"agree": same, "draws": total, "share": same / total, "nonfinite_draws": int((~torch.isfinite(rel)).sum()),
+            "rel_logit_diff_median": float(finite.median()) if len(finite) else None,
+            "rel_logit_diff_max": float(finite.max()) if len(finite) else None}
 
 
 @dataclass
@@ -327,9 +420,14 @@ def floor_runner(model, x1, batch, draws, amp, device):
 
 
 def bench_throughput(stack, ours, ref, n_list, batch, floor_s, s: Settings, min_draws, max_images, log,
-                     refloor: bool) -> list[dict]:
+                     refloor: bool, reference: list[dict] | None = None) -> list[dict]:
     """Ours and the reference on the same k images, interleaved; with ``refloor`` the floor at ``batch`` is
-    measured again beside them (the same load, and no bias from having picked the best of the probes)."""
+    measured again beside them (the same load, and no bias from having picked the best of the probes).
+
+    ``reference``: the rows of an earlier call on the same stack and images, whose reference timings are reused
+    instead of timing the reference again (it always runs fp32: tools/gpu_benchmark.py times it once per stack,
+    not once per precision).  On CUDA each row has the peak memory of its runs."""
+    earlier = {r["n"]: r for r in reference or []}
     noise = stack.model.noise
     size = tuple(stack.images.shape[-2:])
     sensitivity = stack.model.sensitivity(size)
@@ -347,21 +445,25 @@ def bench_throughput(stack, ours, ref, n_list, batch, floor_s, s: Settings, min_
 
         def run_ref():
             certify_counts(reference_votes(ref, x, ids, n, stack.num_classes, batch), noise, sensitivity)
+        reuse = earlier.get(n) if earlier.get(n, {}).get("images") == k else None
+        reset_peak_memory(s.device)
         floor_fn, floor_draws = floor_runner(ours, x[0], batch, min(k * n, min_draws // 2), s.amp, s.device)
         t_ours, t_ref, t_floor = [], [], []
         for _ in range(s.reps):
             if refloor:
                 t_floor.append(clock(floor_fn, s.device) / floor_draws)
             t_ours.append(clock(run_ours, s.device))
-            t_ref.append(clock(run_ref, s.device))
+            if reuse is None:
+                t_ref.append(clock(run_ref, s.device))
             bar.update()  # after the clocks: not in any timed region
+        t_ref = list(reuse["reference_runs_s"]) if reuse is not None else t_ref
         mo, mr = median(t_ours), median(t_ref)
         fl = median(t_floor) if refloor else floor_s
         row = {"n": n, "images": k, "ours_s": mo, "reference_s": mr, "ours_runs_s": t_ours, "reference_runs_s": t_ref,
                "floor_s_per_draw": fl, "floor_runs_s_per_draw": t_floor or None,
                "ours_images_per_s": k / mo, "ours_draws_per_s": k * n / mo, "reference_images_per_s": k / mr,
                "reference_draws_per_s": k * n / mr, "ratio": mr / mo, "efficiency": k * n * fl / mo,
-               "load": load()}
+               "reference_reused": reuse is not None, "peak_memory_gib": peak_memory(s.device), "load": load()}
         rows.append(row)
         log(f"  n={n:>5} ({k} images): ours {k * n / mo:9.1f} draws/s, reference {k * n / mr:9.1f} draws/s, "
             f"ratio {mr / mo:5.2f}x, floor {fl * 1e3:.3f} ms/draw, efficiency {row['efficiency']:.2f}")
@@ -660,7 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="our loop's autocast (default auto: fp32 on the CPU, bf16 on a GPU, checked against fp32)")
+                   help="our loop's autocast (default auto: fp32 on the CPU; on a GPU bf16 where it computes it "
+                        "natively, else fp16; checked against fp32)")
     p.add_argument("--no-channels-last", action="store_true", help="keep the model in NCHW for our loop")
     p.add_argument("--compile", action="store_true", help="torch.compile the post-noise model for our loop")
     p.add_argument("--fmnist-autoencoder", default=str(REPO / "pretrained" / "fmnist-ae-L0.3"))
@@ -710,7 +813,7 @@ def main(argv=None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32"
+        precision = ("bf16" if bf16_is_native(device) else "fp16") if device.type == "cuda" else "fp32"
     s = Settings(device, PRECISIONS[precision], precision, args.reps, args.images_per_step, not args.no_channels_last,
                  args.compile)
     out = Path(args.out)
