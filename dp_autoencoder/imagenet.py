@@ -20,7 +20,10 @@ Layouts (chosen in this order):
 
 Preprocessing is timm's ImageNet evaluation transform: RGB, shorter side resized to
 ``round(image_size / crop_pct)`` (bicubic), center crop ``image_size``; tensors in [0, 1].
-Files are listed at construction but only opened in ``__getitem__``; an unreadable image raises
+Photos are read upright (their EXIF orientation applied, ``data.read_image``).  A certify or attack run
+records the number of files and a hash of their list, sizes and labels (``data.dataset_fingerprint``), so a
+resume on a changed folder is refused.  Files are listed at construction but only opened in ``__getitem__``;
+an unreadable image raises
 ``DataError`` naming the file (no silent skipping, so a certified count is never short).
 """
 
