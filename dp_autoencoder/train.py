@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .autoencoder import Architecture, NoiseConfig, PixelDPAutoencoder, load_autoencoder, preset, save_autoencoder
 from .checkpoint import atomic_write_bytes, load_tensors, optimizer_from_tensors, optimizer_to_tensors
 from .data import collate_skipping, set_epoch, training_data
-from .distributed import local_device, process_group, rank_world
+from .distributed import bf16_is_native, local_device, process_group, rank_world
 from .macs import autoencoder_macs
 from .seeding import generator
 
@@ -141,19 +141,8 @@ def learning_rate(settings: TrainSettings, step: int, steps_per_epoch: int) -> f
     return 0.5 * lr * (1 + math.cos(math.pi * (step - start) / max(end - start, 1)))
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """GPUs with native bf16 (Ampere and later; older ones only emulate it, slower than fp32), and CPUs with
-    AMX or AVX-512 BF16 instructions (where autocast gives 2-3x on convs)."""
-    if device.type == "cuda":
-        try:
-            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-        except TypeError:  # torch before 2.3 has no including_emulation and does not count emulation
-            return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+# bf16 autocast only where the device computes it natively (GPUs from Ampere on, CPUs with AMX or AVX-512 BF16).
+bf16_is_fast = bf16_is_native
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,7 @@ def test_init_from_copies_the_weights_and_keeps_its_own_noise(tmp_path):
 
 
 def test_bf16_on_cuda_only_where_native(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert bf16_is_fast(torch.device("cuda")) is False  # emulated only
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
