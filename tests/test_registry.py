@@ -148,6 +148,8 @@ def test_bad_names_name_the_close_matches_and_the_syntax():
     for bad in ("hf-hub:", "hf-hub:noslash", "hf-hub:a/b/c", "hf-hub:a/b@"):
         with pytest.raises(ModelNameError, match="hf-hub:ORG/NAME"):
             resolve_model(bad, "front-end")
+    with pytest.raises(ModelNameError, match=r"elsewhere/fmnist-ae-L0.1 does not exist; .*name it alone"):
+        resolve_model("elsewhere/fmnist-ae-L0.1", "front-end")
     with pytest.raises(ModelNameError, match="empty"):
         resolve_model(" ", "classifier")
     with pytest.raises(ModelNameError, match="did you mean fmnist-ae-L0.3"):
