@@ -5,6 +5,12 @@ frozen classifier, with Cohen et al.'s two Monte-Carlo procedures on it (``Smoot
 ``Smooth.predict``) and the paper's PixelDP bound on the same draws.  The noise of image ``i``
 comes from (seed, i), exactly as in `dpae certify`, so ``stack.certify(x, index=i)`` reproduces
 the record of image ``i`` of a run with the same seed, draws, alpha, eta and precision.
+
+The same numbers need the same device: the noise of image ``i`` is drawn by a generator on the stack's
+device, and a CUDA generator gives another stream than the CPU's for the same seed (possibly another on
+another GPU model), so ``stack.certify(x, index=i)`` reproduces a `dpae certify` record only on the device
+type (and GPU model) that run used; `dpae certify` records it in run.json and refuses to resume on another
+device type.
 """
 
 from __future__ import annotations

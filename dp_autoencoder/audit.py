@@ -64,7 +64,7 @@ from scipy.stats import binom as _binom
 from scipy.stats import norm as _norm
 
 from .attacks import BOUNDS, LOSSES, AttackError, append_records, pgd, prepare_run
-from .certify import dense, read_records, sparse
+from .certify import dense, read_records, run_context, sparse
 from .cw import carlini_wagner
 from .checkpoint import atomic_write_json
 from .sampler import sample_votes
@@ -363,7 +363,8 @@ def audit_certified(model, dataset, certify_records: list[dict], settings: Audit
     check_certify_records(certify_records)
     out = Path(out)
     pairs = certified_records(certify_records, settings.bounds, settings.max)
-    prepare_run(out, settings.to_json(), ignore=("batch_size",), defaults=AUDIT_DEFAULTS_BEFORE)
+    prepare_run(out, settings.to_json(), ignore=("batch_size",), defaults=AUDIT_DEFAULTS_BEFORE,
+                context=run_context(dataset, device))
     main_file = out / "audit.jsonl"
     done = {(r["idx"], r["bound"]) for r in read_records(main_file, repair=True)}
     todo = [(r, b) for r, b in pairs if (r["idx"], b) not in done]

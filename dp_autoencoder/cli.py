@@ -35,10 +35,11 @@ def _user_errors() -> tuple:
     from .certify import CertifyError
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .distributed import DistributedError
     from .mechanisms import CalibrationError
     from .train import TrainingError
 
-    return CheckpointError, DataError, CalibrationError, TrainingError, CertifyError
+    return CheckpointError, DataError, CalibrationError, TrainingError, CertifyError, DistributedError
 
 
 def _certify_error(message: str) -> Exception:
