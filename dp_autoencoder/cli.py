@@ -119,6 +119,14 @@ def _add_train(sub) -> None:
     p.add_argument("--classification-weight", type=float, default=0.0,
                    help="weight of the cross-entropy of that classifier on AE(noisy x) against the data's labels "
                         "(ImageNet trees; unlabelled images do not count)")
+    p.add_argument("--stability-target", choices=["soft", "hard"], default="soft",
+                   help="what the stability loss matches: the clean softmax (soft: the KL divergence up to a constant) "
+                        "or its argmax (hard: cross-entropy to the clean prediction)")
+    p.add_argument("--stability-temperature", type=float, default=1.0,
+                   help="softmax temperature T of both sides of the soft target, loss scaled by T^2")
+    p.add_argument("--init-from", default=None,
+                   help="start from this front-end's weights (shipped name, folder or hf-hub:; same architecture, "
+                        "any noise; fresh optimizer) (default: random initialization)")
     p.add_argument("--mse-epochs", type=int, default=0,
                    help="epochs of MSE alone before the classifier's losses join (Salman et al.'s recipe)")
     p.add_argument("--finetune-lr", type=float, default=None, help="learning rate once they join (default --lr)")
@@ -151,7 +159,8 @@ def _run_train(args) -> int:
         num_images=args.num_images, val_images=args.val_images, seed=args.seed, workers=args.workers,
         data_root=args.data_root, download=args.download, stability_classifier=args.stability_classifier,
         stability_weight=args.stability_weight, classification_weight=args.classification_weight,
-        mse_epochs=args.mse_epochs, finetune_lr=args.finetune_lr, lr_schedule=args.lr_schedule, crop=args.crop,
+        stability_target=args.stability_target, stability_temperature=args.stability_temperature,
+        init_from=args.init_from, mse_epochs=args.mse_epochs, finetune_lr=args.finetune_lr, lr_schedule=args.lr_schedule, crop=args.crop,
         epoch_images=args.epoch_images, class_split=args.class_split, precision=args.precision)
     out = train(settings, resume=args.resume, device=args.device, progress=not args.quiet)
     print(f"checkpoint: {out}")

@@ -258,7 +258,7 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         torch.manual_seed(settings.seed)
         model = PixelDPAutoencoder(arch, noise)
         if settings.init_from:
-            _initialize_from(model, Path(settings.init_from))
+            _initialize_from(model, settings.init_from)
         model.constrain_(size, settings.constraint, settings.parseval_beta)
     if model.arch.in_channels != channels:
         raise TrainingError(f"the data has {channels} channels but the model takes {model.arch.in_channels}")
@@ -374,12 +374,15 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
     return out
 
 
-def _initialize_from(model: PixelDPAutoencoder, path: Path) -> None:
-    """Copy the weights of the auto-encoder checkpoint ``path`` (verified by its sha256) into ``model``: the
-    architecture must be the same; the noise may differ (e.g. an L = 0.3 front-end started from an L = 0.1 one)."""
-    other, _ = load_autoencoder(path)
+def _initialize_from(model: PixelDPAutoencoder, name: str) -> None:
+    """Copy the weights of the front-end ``name`` (a shipped name, a checkpoint folder or a hub name; verified by
+    its sha256) into ``model``: the architecture must be the same; the noise may differ (e.g. an L = 0.3
+    front-end started from an L = 0.1 one)."""
+    from ._registry import resolve_model
+
+    other, _ = load_autoencoder(resolve_model(name, "front-end").local_path())
     if other.arch != model.arch:
-        raise TrainingError(f"--init-from {path}: its architecture {other.arch} differs from this run's {model.arch}")
+        raise TrainingError(f"--init-from {name}: its architecture {other.arch} differs from this run's {model.arch}")
     model.load_state_dict(other.state_dict())
 
 

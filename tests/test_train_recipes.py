@@ -84,3 +84,19 @@ def test_bf16_on_cuda_only_where_native(monkeypatch):
     assert bf16_is_fast(torch.device("cuda")) is False  # emulated only
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert bf16_is_fast(torch.device("cuda")) is True
+
+
+def test_dpae_train_takes_the_recipe_options(tmp_path):
+    from dp_autoencoder.cli import main
+
+    first = tmp_path / "a"
+    tiny = ["--data", "dead-leaves", "--image-size", "16", "--arch", "small", "--num-images", "48",
+            "--val-images", "8", "--batch-size", "8", "--quiet"]
+    assert main(["train", *tiny, "--out", str(first)]) == 0
+    assert main(["train", *tiny, "--L", "0.3", "--init-from", str(first), "--out", str(tmp_path / "b")]) == 0
+    _, config = load_autoencoder(tmp_path / "b")
+    settings = config["training"]["settings"]
+    assert settings["init_from"] == str(first) and settings["stability_target"] == "soft"
+    with pytest.raises(SystemExit) as refused:
+        main(["train", *tiny, "--stability-target", "kl", "--out", str(tmp_path / "c")])
+    assert refused.value.code == 2 and not (tmp_path / "c").exists()
