@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import shlex
 import sys
@@ -280,6 +281,9 @@ def _add_certify(sub) -> None:
                    help="draws that estimate its probability (default 300, the paper's; 100 for the samples)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the smoothing bound")
     p.add_argument("--eta", type=float, default=0.95, help="confidence of the PixelDP bounds")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
+                   help="also certify the same images with the same noise on the pixels and no front-end, into "
+                        "OUT/no-front-end, and say what it gives (default: on for the bundled photos, off otherwise)")
     _add_pixeldp_profile(p, "analytic for a new run, the run's own when resuming (classical for runs from before "
                             "the option)")
     p.add_argument("--out", default="runs/certify", help="output folder (rerun into it to resume; default runs/certify)")
@@ -332,6 +336,9 @@ def _class_split_source(args) -> tuple:
     return (f"class-split={split}",) if split else ()
 
 
+BASELINE_FOLDER = "no-front-end"
+
+
 def _run_certify(args) -> int:
     from .certify import CertifySettings, certify_dataset, resumed_pixeldp_profile
 
@@ -350,17 +357,36 @@ def _run_certify(args) -> int:
         sources=(ae_config["files"]["weights"]["sha256"], _classifier_identity(model), args.data,
                  *_class_split_source(args)),
         names={"autoencoder": args.autoencoder, "classifier": args.classifier})
+    baseline = args.baseline if args.baseline is not None else quick
     with process_group(device):
         summary = certify_dataset(model, dataset, settings, args.out, num_classes, device,
                                   progress=not args.quiet, workers=args.workers,
                                   autocast_dtype=_autocast_dtype(args))
+        if baseline and summary:
+            from .pipeline import InputNoiseClassifier
+
+            base_settings = replace(settings, sources=("no front-end", *settings.sources[1:]),
+                                    names={**settings.names, "autoencoder": "none (the same noise on the pixels)"})
+            certify_dataset(InputNoiseClassifier(model.classifier, model.noise).to(device), dataset, base_settings,
+                            Path(args.out) / BASELINE_FOLDER, num_classes, device, progress=not args.quiet,
+                            workers=args.workers, autocast_dtype=_autocast_dtype(args))
     if summary:
+        from .certify import read_records
+        from .explain import explain_run
+
         if len(dataset) <= 50:
             print(format_table(Path(args.out), dataset, model.classifier))
         print(format_summary(summary))
+        base_file = Path(args.out) / BASELINE_FOLDER / "certify.jsonl"
+        print(explain_run(read_records(Path(args.out) / "certify.jsonl"), front_end=args.autoencoder,
+                          classifier=args.classifier, noise=ae_config["noise"],
+                          sensitivity=ae_config["sensitivity"]["value"],
+                          baseline=read_records(base_file) if baseline and base_file.exists() else None,
+                          names=getattr(dataset, "names", None), class_names=getattr(model.classifier, "class_names", None)))
         from .report import write_run_curve
 
-        print(f"results: {args.out}/certify.tsv, certify.jsonl, summary.json, {write_run_curve(args.out).name}")
+        print(f"results: {args.out}/certify.tsv, certify.jsonl, summary.json, {write_run_curve(args.out).name}"
+              + (f"; no front-end: {args.out}/{BASELINE_FOLDER}/" if baseline else ""))
         print(f"next: dpae report {shlex.quote(str(args.out))} --out {shlex.quote(_report_folder(args.out))}"
               "    (figures and tables of this run)")
     return 0

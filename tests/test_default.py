@@ -33,3 +33,8 @@ def test_default_certify_runs_offline_and_prints_the_table(tmp_path, capsys):
     assert 281 <= chelsea <= 285 and coffee == 967  # a cat, espresso
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 2 and "agreement_smoothed" in summary
+    # The bundled photos: the same noise without the front-end beside it, and the run told in plain words.
+    baseline = [json.loads(line) for line in (out / "no-front-end" / "certify.jsonl").read_text().splitlines()]
+    assert [r["idx"] for r in baseline] == [0, 1] and baseline[0]["sigma"] == records[0]["sigma"]
+    assert "What ran: the front-end natural-ae-L0.1" in printed and "n0 = 4" in printed
+    assert "The same noise on the pixels, no front-end:" in printed
