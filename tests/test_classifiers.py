@@ -230,3 +230,14 @@ def test_checkpoint_folder_round_trip(tmp_path):
 def test_class_names_fall_back_to_indices():
     assert class_names(tiny(3, 1)) == ["0", "1", "2"]
     assert class_names(timm.create_model("resnet10t"))[281].startswith("tabby")
+
+
+def test_efficientnet_lite2_offline_is_a_second_imagenet_classifier():
+    from dp_autoencoder.samples import SamplePhotos
+
+    clf = classifiers.load_classifier("efficientnet_lite2-offline").eval()
+    assert clf.prep.input_size == (3, 260, 260) and clf.prep.crop_pct == 0.89
+    photos = SamplePhotos(image_size=260, crop_pct=0.89)
+    with torch.no_grad():
+        chelsea, coffee = (int(clf(photos[i][0][None]).argmax()) for i in (0, 1))
+    assert 281 <= chelsea <= 285 and coffee == 967  # a cat, espresso
