@@ -242,7 +242,7 @@ def summarize(records: list[dict], seconds: float | None = None) -> dict:
                        / max(sum(r["time"] for r in ok), 1e-12),
     }
     if labelled < len(records):
-        summary["accuracy_denominator"] = labelled
+        summary["accuracy_denominator"] = acc_n
     adaptive = [r["adaptive"] for r in ok if "adaptive" in r]
     if adaptive:
         summary["adaptive_radius"] = records[0].get("adaptive_radius")

@@ -362,7 +362,7 @@ def _run_certify(args) -> int:
         summary = certify_dataset(model, dataset, settings, args.out, num_classes, device,
                                   progress=not args.quiet, workers=args.workers,
                                   autocast_dtype=_autocast_dtype(args))
-        if baseline and summary:
+        if baseline:  # on every rank: a sharded run certifies the baseline sharded too
             from .pipeline import InputNoiseClassifier
 
             base_settings = replace(settings, sources=("no front-end", *settings.sources[1:]),
@@ -378,9 +378,9 @@ def _run_certify(args) -> int:
             print(format_table(Path(args.out), dataset, model.classifier))
         print(format_summary(summary))
         base_file = Path(args.out) / BASELINE_FOLDER / "certify.jsonl"
-        print(explain_run(read_records(Path(args.out) / "certify.jsonl"), front_end=args.autoencoder,
-                          classifier=args.classifier, noise=ae_config["noise"],
-                          sensitivity=ae_config["sensitivity"]["value"],
+        records = read_records(Path(args.out) / "certify.jsonl")
+        print(explain_run(records, front_end=args.autoencoder, classifier=args.classifier, noise=ae_config["noise"],
+                          sensitivity=records[0]["sensitivity"] if records else ae_config["sensitivity"]["value"],
                           baseline=read_records(base_file) if baseline and base_file.exists() else None,
                           names=getattr(dataset, "names", None), class_names=getattr(model.classifier, "class_names", None)))
         from .report import write_run_curve
@@ -761,7 +761,8 @@ COMMANDS["report"] = (_add_report, _run_report)
 EXAMPLES["dpae"] = """examples:
   dpae models                                   the shipped front-ends and classifiers (--json for all fields)
   dpae certify                                  offline: the bundled photos through natural-ae-L0.1 and
-                                                EfficientNet-Lite0 (about a minute on a 2-core CPU), into runs/certify
+                                                EfficientNet-Lite0, beside the same noise with no front-end
+                                                (a minute or two on a 2-core CPU), into runs/certify
   dpae report runs/certify --out runs/report    figures and tables of that run
   dpae certify --autoencoder fmnist-ae-L0.3 --classifier fmnist-classifier --data fashion-mnist \\
       --max 100 --out runs/cert-fmnist-L0.3

@@ -34,8 +34,9 @@ def local_device(device, environ=None, device_count: int | None = None) -> torch
     """The device of this process: under torchrun (LOCAL_RANK set) ``cuda`` is ``cuda:LOCAL_RANK``.
 
     Refused with a :class:`DistributedError`: a local rank beyond the visible GPUs (more ranks per node than
-    GPUs: two would share one), and an explicit ``cuda:K`` while the node runs several ranks (all would use
-    GPU K).  ``environ`` and ``device_count`` default to the process's own (tests pass fakes)."""
+    GPUs: two would share one), and an explicit ``cuda:K`` other than ``cuda:LOCAL_RANK`` while the node runs
+    several ranks (all would use GPU K); ``cuda:LOCAL_RANK`` itself is this function's own answer, so resolving
+    twice is harmless.  ``environ`` and ``device_count`` default to the process's own (tests pass fakes)."""
     env = os.environ if environ is None else environ
     device = torch.device(device)
     if device.type != "cuda" or "LOCAL_RANK" not in env:
@@ -43,7 +44,7 @@ def local_device(device, environ=None, device_count: int | None = None) -> torch
     local_rank = int(env["LOCAL_RANK"])
     local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
     if device.index is not None:
-        if local_world > 1:
+        if local_world > 1 and device.index != local_rank:
             raise DistributedError(
                 f"--device {device} names one GPU for all {local_world} ranks on this node, so they would share "
                 "it; pass --device cuda and each rank takes cuda:LOCAL_RANK")

@@ -4,9 +4,7 @@ that a miss of the classifier itself is not read as one of the defense."""
 
 from __future__ import annotations
 
-import math
-
-from scipy.stats import norm
+from .certificates import smoothing_radius_gaussian, smoothing_radius_laplace
 
 __all__ = ["largest_radius", "explain_run"]
 
@@ -14,10 +12,8 @@ __all__ = ["largest_radius", "explain_run"]
 def largest_radius(n: int, alpha: float, noise: str, scale: float, sensitivity: float = 1.0) -> float:
     """The largest smoothing radius n estimation draws can certify at level alpha (all n votes for one class:
     p_A = alpha^(1/n))."""
-    p = alpha ** (1.0 / n)
-    if noise == "gaussian":
-        return scale * float(norm.ppf(p)) / sensitivity
-    return -scale * math.log(2 * (1 - p)) / sensitivity
+    radius = smoothing_radius_gaussian if noise == "gaussian" else smoothing_radius_laplace
+    return float(radius(alpha ** (1.0 / n), scale, sensitivity))
 
 
 def _kept(records) -> list[dict]:

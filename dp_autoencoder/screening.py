@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm
 
-from .certificates import NOISE_KINDS
+from .certificates import NOISE_KINDS, smoothing_radius_gaussian, smoothing_radius_laplace
 from .stats import clopper_pearson_lower
 
 __all__ = ["radius_level", "certification_level", "wilson_interval", "ScreenSummary", "summarize_shares",
@@ -62,14 +62,11 @@ def wilson_interval(k: int, total: int, confidence: float = 0.95) -> tuple[float
 
 
 def plugin_radius(share: np.ndarray, draws: int, noise: str, scale: float, sensitivity: float = 1.0) -> np.ndarray:
-    """sigma Phi^{-1}(p_hat) / Delta (Laplace: -b ln(2 (1 - p_hat)) / Delta) where p_hat > 1/2, else 0; p_hat is
-    clipped to (draws - 1/2) / draws so that a unanimous vote gives a finite radius."""
+    """The smoothing radius of p_hat itself where p_hat > 1/2, else 0; p_hat is clipped to (draws - 1/2) / draws
+    so that a unanimous vote gives a finite radius."""
     p = np.minimum(np.asarray(share, dtype=float), (draws - 0.5) / draws)
-    if noise == "gaussian":
-        r = scale * norm.ppf(np.maximum(p, 0.5)) / sensitivity
-    else:
-        r = -scale * np.log(2 * (1 - np.maximum(p, 0.5))) / sensitivity
-    return np.where(p > 0.5, r, 0.0)
+    radius = (smoothing_radius_gaussian if noise == "gaussian" else smoothing_radius_laplace)(p, scale, sensitivity)
+    return np.maximum(np.asarray(radius, dtype=float), 0.0)
 
 
 @dataclass(frozen=True)

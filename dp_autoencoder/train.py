@@ -141,10 +141,6 @@ def learning_rate(settings: TrainSettings, step: int, steps_per_epoch: int) -> f
     return 0.5 * lr * (1 + math.cos(math.pi * (step - start) / max(end - start, 1)))
 
 
-# bf16 autocast only where the device computes it natively (GPUs from Ampere on, CPUs with AMX or AVX-512 BF16).
-bf16_is_fast = bf16_is_native
-
-
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against the labels that are known (>= 0); zero when none is."""
     known = labels >= 0
@@ -232,7 +228,7 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
     # smaller grid, and every checkpoint projects exactly at the training size.
     step_size = (min(image_size, 64), min(image_size, 64))
 
-    start_epoch, global_step = 0, 0
+    start_epoch, global_step, init_sha = 0, 0, None
     if resume:
         model, config = load_autoencoder(out)
         if "optimizer" not in config["files"] or "epochs_done" not in config.get("training", {}):
@@ -251,6 +247,7 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
             raise TrainingError("cannot resume with other settings: " + ", ".join(
                 f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
         start_epoch = config["training"]["epochs_done"]
+        init_sha = config["training"].get("init_from_weights_sha256")
         global_step = config["training"]["steps"]
     else:
         arch: Architecture = preset(settings.arch, channels, settings.noise_placement)
@@ -258,7 +255,7 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         torch.manual_seed(settings.seed)
         model = PixelDPAutoencoder(arch, noise)
         if settings.init_from:
-            _initialize_from(model, settings.init_from)
+            init_sha = _initialize_from(model, settings.init_from)
         model.constrain_(size, settings.constraint, settings.parseval_beta)
     if model.arch.in_channels != channels:
         raise TrainingError(f"the data has {channels} channels but the model takes {model.arch.in_channels}")
@@ -276,7 +273,7 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
         log_path.unlink(missing_ok=True)
     if rank == 0 and resume:
         _keep_log_lines_up_to(log_path, start_epoch)
-    use_amp = settings.precision == "bf16" or (settings.precision == "auto" and bf16_is_fast(device))
+    use_amp = settings.precision == "bf16" or (settings.precision == "auto" and bf16_is_native(device))
     classifier = None
     if settings.stability_classifier:
         from .classifiers import load_classifier
@@ -364,6 +361,8 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
             save_autoencoder(model, out, size, extra_tensors={"optimizer": opt_tensors}, training={
                 "settings": asdict(settings), "epochs_done": epoch + 1, "steps": global_step,
                 "world_size": world, "optimizer": opt_meta, "val_psnr": val_psnr,
+                # What --init-from named may later hold other weights: the ones this run started from.
+                **({"init_from_weights_sha256": init_sha} if init_sha else {}),
             })
             if progress:
                 print(f"epoch {epoch + 1}: train PSNR {record['train_psnr']:.2f} dB, val PSNR {val_psnr:.2f} dB "
@@ -374,16 +373,17 @@ def _train(settings, resume, device, progress, out, rank, world) -> Path:
     return out
 
 
-def _initialize_from(model: PixelDPAutoencoder, name: str) -> None:
+def _initialize_from(model: PixelDPAutoencoder, name: str) -> str:
     """Copy the weights of the front-end ``name`` (a shipped name, a checkpoint folder or a hub name; verified by
     its sha256) into ``model``: the architecture must be the same; the noise may differ (e.g. an L = 0.3
-    front-end started from an L = 0.1 one)."""
+    front-end started from an L = 0.1 one).  Returns the sha256 of the weights copied."""
     from ._registry import resolve_model
 
-    other, _ = load_autoencoder(resolve_model(name, "front-end").local_path())
+    other, config = load_autoencoder(resolve_model(name, "front-end").local_path())
     if other.arch != model.arch:
         raise TrainingError(f"--init-from {name}: its architecture {other.arch} differs from this run's {model.arch}")
     model.load_state_dict(other.state_dict())
+    return config["files"]["weights"]["sha256"]
 
 
 def _keep_log_lines_up_to(log_path: Path, epochs_done: int) -> None:

@@ -85,6 +85,9 @@ def test_local_device_follows_local_rank():
     assert local_device("cpu", torchrun, device_count=0) == torch.device("cpu")
     one_per_node = {"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "WORLD_SIZE": "4"}
     assert local_device("cuda:3", one_per_node, device_count=4) == torch.device("cuda", 3)
+    # The API resolves cuda to cuda:LOCAL_RANK and process_group resolves it again: the same answer.
+    four = {"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "4"}
+    assert local_device(local_device("cuda", four, device_count=4), four, device_count=4) == torch.device("cuda", 1)
 
 
 def test_more_ranks_than_gpus_or_one_named_gpu_for_all_are_refused():
@@ -94,7 +97,7 @@ def test_more_ranks_than_gpus_or_one_named_gpu_for_all_are_refused():
                                                r"\(CUDA_VISIBLE_DEVICES=unset\) to 4 ranks.*--nproc_per_node 2"):
         local_device("cuda", {"LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "4"}, device_count=2)
     with pytest.raises(DistributedError, match="--device cuda:0 names one GPU for all 2 ranks"):
-        local_device("cuda:0", {"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}, device_count=2)
+        local_device("cuda:0", {"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, device_count=2)
 
 
 def test_bf16_is_native_asks_torch_without_emulation(monkeypatch):

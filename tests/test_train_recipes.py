@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from dp_autoencoder.autoencoder import load_autoencoder
-from dp_autoencoder.train import TrainSettings, TrainingError, bf16_is_fast, stability_loss, train
+from dp_autoencoder.train import TrainSettings, TrainingError, stability_loss, train
 
 TINY = dict(data="dead-leaves", image_size=16, arch="small", num_images=48, val_images=8, batch_size=8)
 
@@ -68,6 +68,8 @@ def test_init_from_copies_the_weights_and_keeps_its_own_noise(tmp_path):
     a, _ = load_autoencoder(first)
     b, config = load_autoencoder(tmp_path / "b")
     assert config["noise"]["L"] == 0.3 and config["training"]["settings"]["init_from"] == str(first)
+    _, first_config = load_autoencoder(first)
+    assert config["training"]["init_from_weights_sha256"] == first_config["files"]["weights"]["sha256"]
     # One epoch at a learning rate of 1e-12 (and the projection, already satisfied) leaves the copied weights.
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
@@ -76,14 +78,6 @@ def test_init_from_copies_the_weights_and_keeps_its_own_noise(tmp_path):
     with pytest.raises(TrainingError, match="architecture"):
         train(other, progress=False, device="cpu")
     assert not (tmp_path / "c" / "config.json").exists()
-
-
-def test_bf16_on_cuda_only_where_native(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert bf16_is_fast(torch.device("cuda")) is False  # emulated only
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert bf16_is_fast(torch.device("cuda")) is True
 
 
 def test_dpae_train_takes_the_recipe_options(tmp_path):

@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from dp_autoencoder.train import TrainSettings, bf16_is_fast, train  # noqa: E402
+from dp_autoencoder.distributed import bf16_is_native  # noqa: E402
+from dp_autoencoder.train import TrainSettings, train  # noqa: E402
 
 DEV = ROOT.parent / "shared" / "data" / "imagenet-samples-dev"
 CARRY = ROOT / ".carry"
@@ -81,7 +82,7 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   bf16_native=bf16_is_fast(device))
+                   bf16_native=bf16_is_native(device))
     return env
 
 
@@ -101,7 +102,7 @@ def largest_batch(device: torch.device, image_size: int, candidates=BATCHES) -> 
         try:
             torch.cuda.reset_peak_memory_stats(device)
             x = torch.rand(batch, 3, image_size, image_size, device=device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16_is_fast(device)):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16_is_native(device)):
                 with torch.no_grad():
                     clf(x)
                 loss = clf(model(x)).float().logsumexp(1).mean()
@@ -115,6 +116,7 @@ def largest_batch(device: torch.device, image_size: int, candidates=BATCHES) -> 
                 print(f"batch {batch}: peak {peak / 2**30:.1f} GiB of {total / 2**30:.1f}", flush=True)
                 return batch
         except torch.cuda.OutOfMemoryError:
+            x = loss = None  # free the failed batch before the next, smaller one
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
     raise SystemExit("no batch size fits on this GPU")

@@ -126,13 +126,14 @@ def report(results, args, dataset_desc: str) -> tuple[str, dict]:
     for res in results:
         for what, field in (("accuracy", "share_label"), ("agreement", "share_undefended")):
             shares = [r[field] if r[field] is not None else 0.0 for r in res["rows"]]
-            s = summarize_shares(shares, args.draws, RADII, res["noise"].kind, res["noise"].scale, 1.0,
+            s = summarize_shares(shares, args.draws, RADII, res["noise"].kind, res["noise"].scale, res["sensitivity"],
                                  n=args.project_n, alpha=args.alpha)
             cells = " | ".join(f"{100 * p:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
                                for p, (lo, hi) in zip(s.shares, s.intervals))
             lines.append(f"| {res['noise'].L:g} | {res['name']} | {what} | {cells} | "
                          f"{s.mean_radius:.3f} +- {s.mean_radius_se:.3f} |")
             as_json.append({"name": res["name"], "L": res["noise"].L, "sigma": res["noise"].scale, "what": what,
+                            "sensitivity": res["sensitivity"],
                             "checkpoint": res["checkpoint"], "seconds": res["seconds"], **s.to_json()})
     if args.reference:
         ref = next((res for res in results if res["name"] == args.reference), None)
@@ -144,10 +145,11 @@ def report(results, args, dataset_desc: str) -> tuple[str, dict]:
                   "|---|---|---|---|"]
         base = [r["share_label"] or 0.0 for r in ref["rows"]]
         for res in results:
-            if res is ref or res["noise"].scale != ref["noise"].scale:
+            if res is ref or res["noise"] != ref["noise"]:
                 continue
             mine = [r["share_label"] or 0.0 for r in res["rows"]]
-            d = [paired_difference(mine, base, args.draws, r, res["noise"].kind, res["noise"].scale) for r in (0.25, 0.5)]
+            d = [paired_difference(mine, base, args.draws, r, res["noise"].kind, res["noise"].scale, res["sensitivity"])
+                 for r in (0.25, 0.5)]
             lines.append(f"| {res['name']} | {d[0]['mean_radius_difference']:+.4f} +- {d[0]['se']:.4f} | "
                          f"{d[0]['gained']} / {d[0]['lost']} | {d[1]['gained']} / {d[1]['lost']} |")
             as_json.append({"name": res["name"], "paired_against": args.reference, "what": "paired", "pairs": d})
@@ -222,7 +224,10 @@ def main(argv=None) -> int:
                "data": str(Path(args.data).resolve()), "class_split": args.class_split}
         t0 = time.perf_counter()
         rows = screen(name, model, classifier, dataset, indices, args, key, work, autocast)
-        results.append({"name": name, "noise": noise, "checkpoint": str(path) if path else None, "rows": rows,
+        # Delta of the pre-noise map at the screening size (1 for noise on the image): radii are over Delta.
+        sensitivity = float(model.sensitivity(tuple(dataset[0][0].shape[-2:])))
+        results.append({"name": name, "noise": noise, "sensitivity": sensitivity,
+                        "checkpoint": str(path) if path else None, "rows": rows,
                         "seconds": time.perf_counter() - t0})
     desc = f"{len(indices)} photos of the {args.class_split} half of {args.data}"
     text, as_json = report(results, args, desc)
