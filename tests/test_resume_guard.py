@@ -218,7 +218,8 @@ def test_fully_labelled_and_fully_unlabelled_runs():
     assert "accuracy_denominator" not in labelled and labelled["undefended_accuracy"] == 0.5
     assert labelled["smoothed_accuracy"] == 0.5 and labelled["abstention_rate"] == 0.5
     unlabelled = summarize([record(-1, 1, 1), record(-1, 2, 2)])
-    assert unlabelled["accuracy_denominator"] == 0 and unlabelled["undefended_accuracy"] == 0
+    assert unlabelled["accuracy_denominator"] == 2 and unlabelled["labeled"] == 0  # no label: over all, and all 0
+    assert unlabelled["undefended_accuracy"] == 0
     assert unlabelled["agreement_smoothed"] == 1
 
 
