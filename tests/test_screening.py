@@ -131,8 +131,14 @@ def test_screen_tool_end_to_end_and_resume(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout == first.stdout
     assert (tmp_path / "w" / "u.jsonl").read_text().splitlines() == rows  # nothing recomputed
-    other = subprocess.run(cmd[:-1] + ["--seed", "3", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert other.returncode != 0 and "other settings" in other.stderr
+    # A cache made with other settings is refused, not mixed in.
+    sys.path.insert(0, str(ROOT / "tools"))
+    from screen_frontends import read_rows
+
+    key = json.loads(rows[0])["key"]
+    assert set(read_rows(tmp_path / "w" / "u.jsonl", key)) == {0, 1}
+    with pytest.raises(SystemExit, match="other settings"):
+        read_rows(tmp_path / "w" / "u.jsonl", {**key, "seed": 3})
 
 
 def test_paired_difference_by_hand():
