@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from dp_autoencoder.autoencoder import NoiseConfig, load_autoencoder  # noqa: E402
 from dp_autoencoder.checkpoint import sha256_file  # noqa: E402
 from dp_autoencoder.classifiers import load_classifier  # noqa: E402
+from dp_autoencoder.data import dataset_fingerprint  # noqa: E402
 from dp_autoencoder.imagenet import ImageNetFolder  # noqa: E402
 from dp_autoencoder.sampler import prepare_for_sampling  # noqa: E402
 from dp_autoencoder.screening import measure_vote_shares, paired_difference, summarize_shares  # noqa: E402
@@ -200,6 +201,8 @@ def main(argv=None) -> int:
     classifier = load_classifier(args.classifier).eval().to(args.device)
     dataset = ImageNetFolder(args.data, image_size=classifier.prep.input_size[-1], class_split=args.class_split)
     indices = list(range(0, len(dataset), args.skip))[:args.max]
+    # The photos by their files (relative names, sizes, labels), not by where they lie: a cache moves with them.
+    data_key = dataset_fingerprint(dataset)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -221,7 +224,7 @@ def main(argv=None) -> int:
                "draws": args.draws, "seed": args.seed, "precision": args.precision,
                # CUDA generators draw other noise than the CPU's: rows from another device type are not reused.
                **({"device": torch.device(args.device).type} if torch.device(args.device).type != "cpu" else {}),
-               "data": str(Path(args.data).resolve()), "class_split": args.class_split}
+               "data": data_key, "class_split": args.class_split}
         t0 = time.perf_counter()
         rows = screen(name, model, classifier, dataset, indices, args, key, work, autocast)
         # Delta of the pre-noise map at the screening size (1 for noise on the image): radii are over Delta.
