@@ -123,7 +123,7 @@ def paired_difference(shares, reference, draws: int, radius: float, noise: str, 
 
 
 def measure_vote_shares(model, classifier, images, labels, draws: int, seed: int, batch_size: int = 64,
-                        autocast_dtype=None, first_index: int = 0) -> list[dict]:
+                        autocast_dtype=None, first_index: int = 0, indices=None) -> list[dict]:
     """Votes of ``draws`` seeded noise draws of ``model`` (a stack with ``pre_noise``/``sample_noise``/
     ``logits_from_noisy``) for each image of the batch ``images`` (B, C, H, W), and the undefended
     ``classifier``'s prediction on the clean image.  Image i's noise is seeded by (seed, first_index + i), so
@@ -139,7 +139,9 @@ def measure_vote_shares(model, classifier, images, labels, draws: int, seed: int
     if num_classes is None:
         with torch.inference_mode():
             num_classes = classifier(images[:1]).shape[1]
-    ids = list(range(first_index, first_index + len(images)))
+    ids = list(indices) if indices is not None else list(range(first_index, first_index + len(images)))
+    if len(ids) != len(images):
+        raise ValueError(f"{len(ids)} indices for {len(images)} images")
     counts = sample_votes(model, z, ids, draws, num_classes, tuple(images.shape[-2:]), seed, "screening",
                           batch_size=batch_size, autocast_dtype=autocast_dtype).counts.cpu().numpy()
     rows = []

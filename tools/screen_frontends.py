@@ -100,7 +100,9 @@ def screen(name, model, classifier, dataset, indices, args, key, work: Path, aut
             chunk = todo[start:start + args.images_per_step]
             images = torch.stack([dataset[i][0] for i in chunk]).to(args.device)
             labels = [dataset.labels[i] for i in chunk]
-            for i, row in zip(chunk, rows_for(model, classifier, images, labels, chunk, args, autocast)):
+            rows = measure_vote_shares(model, classifier, images, labels, args.draws, args.seed,
+                                       batch_size=args.batch_size, autocast_dtype=autocast, indices=chunk)
+            for i, row in zip(chunk, rows):
                 done[i] = row
                 f.write(json.dumps(row) + "\n")
             f.flush()
@@ -108,15 +110,6 @@ def screen(name, model, classifier, dataset, indices, args, key, work: Path, aut
     if todo and not args.quiet:
         tqdm.write(f"{name}: {len(todo)} photos in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return [done[i] for i in indices]
-
-
-def rows_for(model, classifier, images, labels, chunk, args, autocast):
-    # measure_vote_shares seeds image j by first_index + j: one call per photo keeps the seed the photo's index.
-    out = []
-    for j, i in enumerate(chunk):
-        out += measure_vote_shares(model, classifier, images[j:j + 1], labels[j:j + 1], args.draws, args.seed,
-                                   batch_size=args.batch_size, autocast_dtype=autocast, first_index=i)
-    return out
 
 
 def report(results, args, dataset_desc: str) -> tuple[str, dict]:
